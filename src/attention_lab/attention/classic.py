@@ -1,0 +1,204 @@
+"""The chapter's sequence, step by step, with its exact signatures and parameter creation order.
+
+simplified (no weights) -> SelfAttentionV1 (nn.Parameter Q/K/V) -> SelfAttentionV2 (nn.Linear Q/K/V)
+-> CausalAttention (+ mask, dropout) -> MultiHeadAttentionWrapper (stacked heads)
+-> MultiHeadAttention (one module, heads by view/transpose, output projection).
+
+Under the chapter's seeds these reproduce its printed numbers (see tests/test_classic.py). Every module
+also takes an unbatched (T, d_in) input, `return_weights=True` (weights (B, H, T, T), H = 1 for single
+head) and an optional per-layer `cache` dict for incremental decoding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .functional import (
+    attention_weights,
+    causal_allowed,
+    check_divisible,
+    extend_cache,
+    merge_heads,
+    slice_allowed,
+    split_heads,
+)
+
+
+class _ChapterAttention(nn.Module):
+    """Shared plumbing: unbatched inputs, the optional causal mask buffer, `return_weights`."""
+
+    def _init_mask(self, causal: bool, context_length: int | None) -> None:
+        self.causal = causal
+        if causal and context_length is None:
+            raise ValueError("causal=True needs context_length (the longest sequence the mask must cover).")
+        mask = causal_allowed(context_length) if causal else None
+        self.register_buffer("allowed", mask, persistent=False)  # (T, T) bool, built once
+
+    def _allowed(self, t_q: int, t_k: int) -> Tensor | None:
+        return None if self.allowed is None else slice_allowed(self.allowed, t_q, t_k)
+
+    def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
+        unbatched = x.dim() == 2
+        if unbatched:
+            x = x.unsqueeze(0)
+        out, weights = self._attend(x, cache)  # (B, T, d_out), (B, H, T, T)
+        if unbatched:
+            out, weights = out.squeeze(0), weights.squeeze(0)
+        return (out, weights) if return_weights else out
+
+    def _attend(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+def simplified_self_attention(x: Tensor) -> Tensor:
+    """Context vectors with no trainable weights: softmax(x x^T) x, unscaled, as the chapter defines it."""
+    weights = torch.softmax(x @ x.transpose(-2, -1), dim=-1)  # (..., T, T)
+    return weights @ x
+
+
+class SimplifiedSelfAttention(_ChapterAttention):
+    """`simplified_self_attention` as a module; `causal=True` adds the mask (the GPT's default)."""
+
+    def __init__(self, causal: bool = False, context_length: int | None = None, d_in: int | None = None):
+        super().__init__()
+        self.d_in = d_in  # only needed to report KV-cache size: the module has no weights to infer it from
+        self._init_mask(causal, context_length)
+
+    def _attend(self, x, cache):
+        (keys,) = extend_cache(cache, 1, x=x)  # the cache holds the inputs: they are keys and values
+        weights = attention_weights(x, keys, self._allowed(x.shape[1], keys.shape[1]), scale=1.0)
+        return weights @ keys, weights.unsqueeze(1)
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        if self.d_in is None:
+            raise ValueError("build SimplifiedSelfAttention(d_in=...) to report its KV-cache size.")
+        return self.d_in * bytes_per_element  # the inputs are cached once: they serve as keys and values
+
+
+class SelfAttentionV1(_ChapterAttention):
+    """Trainable Q/K/V as raw `nn.Parameter(torch.rand(d_in, d_out))`; scores scaled by sqrt(d_out)."""
+
+    def __init__(self, d_in: int, d_out: int, *, causal: bool = False, context_length: int | None = None):
+        super().__init__()
+        self.W_query = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_key = nn.Parameter(torch.rand(d_in, d_out))
+        self.W_value = nn.Parameter(torch.rand(d_in, d_out))
+        self._init_mask(causal, context_length)
+
+    def _attend(self, x, cache):
+        queries = x @ self.W_query  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=x @ self.W_key, v=x @ self.W_value)
+        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))
+        return weights @ values, weights.unsqueeze(1)
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        return 2 * self.W_key.shape[1] * bytes_per_element
+
+
+class SelfAttentionV2(_ChapterAttention):
+    """V1 with `nn.Linear` projections (better init, optional bias), created in the same order."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        qkv_bias: bool = False,
+        *,
+        causal: bool = False,
+        context_length: int | None = None,
+    ):
+        super().__init__()
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self._init_mask(causal, context_length)
+
+    def _attend(self, x, cache):
+        queries = self.W_query(x)  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=self.W_key(x), v=self.W_value(x))
+        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))
+        return weights @ values, weights.unsqueeze(1)
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        return 2 * self.W_key.out_features * bytes_per_element
+
+
+class CausalAttention(SelfAttentionV2):
+    """V2 + causal mask + dropout on the weights after softmax. No output projection."""
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float, qkv_bias: bool = False):
+        super().__init__(d_in, d_out, qkv_bias, causal=True, context_length=context_length)
+        self.d_out = d_out
+        self.dropout = nn.Dropout(dropout)
+
+    def _attend(self, x, cache):
+        queries = self.W_query(x)  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=self.W_key(x), v=self.W_value(x))
+        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))  # (B, T, T)
+        return self.dropout(weights) @ values, weights.unsqueeze(1)
+
+
+class MultiHeadAttentionWrapper(_ChapterAttention):
+    """`num_heads` independent CausalAttention heads, outputs concatenated (width num_heads * d_out)."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            [CausalAttention(d_in, d_out, context_length, dropout, qkv_bias) for _ in range(num_heads)]
+        )
+
+    def _attend(self, x, cache):
+        n = len(self.heads)
+        caches = [None] * n if cache is None else [cache.setdefault(f"head{i}", {}) for i in range(n)]
+        outs = [head._attend(x, head_cache) for head, head_cache in zip(self.heads, caches)]
+        return torch.cat([o for o, _ in outs], dim=-1), torch.cat([w for _, w in outs], dim=1)
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        return sum(h.kv_cache_bytes_per_token(bytes_per_element) for h in self.heads)
+
+
+class MultiHeadAttention(_ChapterAttention):
+    """One module for all heads: project once, split by view/transpose, attend, merge, project out."""
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        context_length: int,
+        dropout: float,
+        num_heads: int,
+        qkv_bias: bool = False,
+    ):
+        super().__init__()
+        self.head_dim = check_divisible(d_out, num_heads)
+        self.d_out, self.num_heads = d_out, num_heads
+        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.out_proj = nn.Linear(d_out, d_out)
+        self.dropout = nn.Dropout(dropout)
+        self._init_mask(True, context_length)
+
+    def _attend(self, x, cache):
+        queries = split_heads(self.W_query(x), self.num_heads)  # (B, H, T, hd)
+        keys, values = extend_cache(
+            cache,
+            2,
+            k=split_heads(self.W_key(x), self.num_heads),
+            v=split_heads(self.W_value(x), self.num_heads),
+        )
+        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[2]))  # (B, H, T, T)
+        context = merge_heads(self.dropout(weights) @ values)  # (B, T, d_out)
+        return self.out_proj(context), weights
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        return 2 * self.d_out * bytes_per_element

@@ -1,0 +1,131 @@
+"""Building blocks shared by the attention variants: head reshapes, masks, explicit softmax attention.
+
+These are plain functions (attention-gym style) so that every variant reads as "project, attend, merge"
+and the explicit formula used for `return_weights` is written exactly once.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class AttentionConfigError(ValueError):
+    """A variant was configured with values that cannot work; the message names the fix."""
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def check_divisible(width: int, num_heads: int, width_name: str = "d_out") -> int:
+    """Return the head width, or raise with the values that would work."""
+    if num_heads < 1:
+        raise AttentionConfigError(
+            f"num_heads={num_heads} must be >= 1: set attention.num_heads to 1 or more."
+        )
+    if width % num_heads:
+        raise AttentionConfigError(
+            f"{width_name}={width} is not divisible by num_heads={num_heads}: set attention.num_heads to a "
+            f"divisor of {width} (one of {divisors(width)}) or change the width (model.d_model)."
+        )
+    return width // num_heads
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(B, T, H * hd) -> (B, H, T, hd)."""
+    b, t, _ = x.shape
+    return x.view(b, t, num_heads, -1).transpose(1, 2)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """(B, H, T, hd) -> (B, T, H * hd)."""
+    b, h, t, hd = x.shape
+    return x.transpose(1, 2).reshape(b, t, h * hd)
+
+
+def causal_allowed(context_length: int, window: int | None = None) -> Tensor:
+    """Boolean (T, T) mask, True where query i may attend to key j.
+
+    Causal: j <= i. With `window`, also j > i - window, so each query sees `window` keys (itself included).
+    """
+    i = torch.arange(context_length)[:, None]
+    j = torch.arange(context_length)[None, :]
+    allowed = j <= i
+    if window is not None:
+        allowed &= j > i - window
+    return allowed
+
+
+def slice_allowed(allowed: Tensor, t_q: int, t_k: int) -> Tensor:
+    """The (t_q, t_k) block of a cached mask for the last t_q queries over t_k keys (lower-right aligned).
+
+    With a KV cache the queries are the newest positions, so they sit at rows t_k - t_q .. t_k - 1.
+    """
+    if t_k > allowed.shape[0]:
+        raise ValueError(
+            f"sequence of {t_k} tokens is longer than the context_length={allowed.shape[0]} this attention "
+            "was built for: crop the input or build the model with a larger model.context_length."
+        )
+    return allowed[t_k - t_q : t_k, :t_k]
+
+
+def attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None, scale: float | None = None) -> Tensor:
+    """softmax(q k^T * scale) with disallowed positions removed; post-softmax, pre-dropout.
+
+    q: (B, H, Tq, hd), k: (B, H, Tk, hd), allowed: (Tq, Tk) bool -> (B, H, Tq, Tk).
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(scores, dim=-1)
+
+
+def explicit_attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: torch.nn.Module
+) -> tuple[Tensor, Tensor]:
+    """Materialised attention: returns (context (B, H, Tq, hd), weights (B, H, Tq, Tk) pre-dropout)."""
+    weights = attention_weights(q, k, allowed)
+    return dropout(weights) @ v, weights
+
+
+def sdpa_attention(
+    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout_p: float, enable_gqa: bool = False
+) -> Tensor:
+    """PyTorch's fused kernel (flash / memory-efficient / math, whichever the device offers).
+
+    Causality is folded into `allowed` rather than combined with `is_causal`, whose behaviour with an
+    explicit mask differs per backend; `allowed=None` (only valid for Tq == Tk) means plain causal.
+    With `enable_gqa`, k/v may have fewer heads; query head h reads K/V head h // (H / H_kv).
+    """
+    if allowed is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=enable_gqa
+        )
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=enable_gqa
+    )
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def extend_cache(cache: dict[str, Tensor] | None, dim: int, **new: Tensor) -> list[Tensor]:
+    """Append this step's tensors to a per-layer KV cache (in place) and return the full sequences.
+
+    `cache` is a plain dict owned by the caller, one per layer; `None` means no caching (training).
+    """
+    if cache is None:
+        return list(new.values())
+    full = []
+    for name, value in new.items():
+        if name in cache:
+            value = torch.cat((cache[name], value), dim=dim)
+        cache[name] = value
+        full.append(value)
+    return full

@@ -1,0 +1,51 @@
+"""`linear`: causal linear attention (Katharopoulos et al., 2020, "Transformers are RNNs").
+
+softmax(q k^T) is replaced by phi(q) phi(k)^T with phi(x) = elu(x) + 1 > 0, so the causal context is
+  out_t = phi(q_t) S_t / (phi(q_t) . z_t),   S_t = sum_{s<=t} phi(k_s) v_s^T,   z_t = sum_{s<=t} phi(k_s)
+computed with prefix sums: memory O(T * hd^2), no (T, T) matrix. The KV cache is the running (S, z).
+Dropout has no weights to act on in this form, so it is applied to the context before `out_proj`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import HeadedAttention
+
+EPS = 1e-6
+
+
+def feature_map(x: Tensor) -> Tensor:
+    return F.elu(x) + 1.0
+
+
+class LinearAttention(HeadedAttention):
+    def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = super()._project(x, None)  # the cache holds running sums, not keys
+        return feature_map(q), feature_map(k), v
+
+    def _context(self, q: Tensor, k: Tensor, v: Tensor, cache: dict | None) -> Tensor:
+        state = torch.einsum("bhtd,bhte->bhtde", k, v).cumsum(dim=2)  # (B, H, T, hd, hd)
+        norm = k.cumsum(dim=2)  # (B, H, T, hd)
+        if cache is not None:
+            if "state" in cache:
+                state = state + cache["state"].unsqueeze(2)
+                norm = norm + cache["norm"].unsqueeze(2)
+            cache["state"], cache["norm"] = state[:, :, -1], norm[:, :, -1]
+        numerator = torch.einsum("bhtd,bhtde->bhte", q, state)  # (B, H, T, hd)
+        denominator = torch.einsum("bhtd,bhtd->bht", q, norm).unsqueeze(-1) + EPS
+        return self.dropout(numerator / denominator)
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The same map in quadratic form; weights (B, H, T, T) are the normalised kernel scores."""
+        scores = (q @ k.transpose(-2, -1)).masked_fill(~self._mask(q.shape[2], k.shape[2]), 0.0)
+        weights = scores / (scores.sum(dim=-1, keepdim=True) + EPS)
+        return self.dropout(weights @ v), weights
+
+    def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
+        return 0  # constant-size state: num_heads * hd * (hd + 1) elements, whatever the length
+
+    def kv_state_bytes(self, bytes_per_element: int = 4) -> int:
+        return self.num_heads * self.head_dim * (self.head_dim + 1) * bytes_per_element

@@ -1,0 +1,211 @@
+"""Name -> builder for every attention variant (the Hydra group `conf/attention/` mirrors this table).
+
+`build_attention(name, d_model, context_length, **knobs)` validates the name, the knob names and their
+types before anything is built, so a typo in a sweep fails at once with the list of valid choices.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .classic import (
+    CausalAttention,
+    MultiHeadAttention,
+    MultiHeadAttentionWrapper,
+    SelfAttentionV1,
+    SelfAttentionV2,
+    SimplifiedSelfAttention,
+)
+from .functional import AttentionConfigError, check_divisible
+from .fused import FusedAttention, SDPAAttention
+from .grouped import GroupedQueryAttention
+from .latent import LatentAttention
+from .linear import LinearAttention
+from .sliding_window import SlidingWindowAttention
+
+log = logging.getLogger(__name__)
+
+HEADS = {"num_heads": 4, "dropout": 0.1, "qkv_bias": False}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    build: Callable[..., nn.Module]  # (d_model, context_length, **knobs) -> module
+    knobs: dict[str, Any] = field(default_factory=dict)  # every knob with its default
+    summary: str = ""
+    paper: str = ""
+
+
+def _non_causal_warning(name: str) -> None:
+    message = (
+        f"attention={name} with causal=false: every position sees the next token, so the LM loss is "
+        "meaningless (a demonstration of the leak only). Set attention.causal=true to train a real model."
+    )
+    log.warning(message)
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def _simplified(d, ctx, causal):
+    causal or _non_causal_warning("simplified")
+    return SimplifiedSelfAttention(causal=causal, context_length=ctx, d_in=d)
+
+
+def _v1(d, ctx, causal):
+    causal or _non_causal_warning("self_attention_v1")
+    return SelfAttentionV1(d, d, causal=causal, context_length=ctx)
+
+
+def _v2(d, ctx, causal, qkv_bias):
+    causal or _non_causal_warning("self_attention")
+    return SelfAttentionV2(d, d, qkv_bias, causal=causal, context_length=ctx)
+
+
+def _wrapper(d, ctx, num_heads, dropout, qkv_bias):
+    # each head is d / num_heads wide so the concatenation has the model's width
+    head_width = check_divisible(d, num_heads, "d_model")
+    return MultiHeadAttentionWrapper(d, head_width, ctx, dropout, num_heads, qkv_bias)
+
+
+VARIANTS: dict[str, Variant] = {
+    v.name: v
+    for v in [
+        Variant(
+            "simplified",
+            _simplified,
+            {"causal": True},
+            "softmax(x x^T) x: no trainable weights, no scaling",
+            "Raschka, LLMs from Scratch ch. 3",
+        ),
+        Variant(
+            "self_attention_v1",
+            _v1,
+            {"causal": True},
+            "Q/K/V as raw nn.Parameter matrices",
+            "Vaswani et al. 2017",
+        ),
+        Variant(
+            "self_attention",
+            _v2,
+            {"causal": True, "qkv_bias": False},
+            "Q/K/V as nn.Linear (v2)",
+            "Vaswani et al. 2017",
+        ),
+        Variant(
+            "causal",
+            lambda d, ctx, dropout, qkv_bias: CausalAttention(d, d, ctx, dropout, qkv_bias),
+            {"dropout": 0.1, "qkv_bias": False},
+            "one causal head with dropout",
+            "Vaswani et al. 2017",
+        ),
+        Variant(
+            "multihead_wrapper",
+            _wrapper,
+            dict(HEADS),
+            "list of causal heads, concatenated",
+            "Vaswani et al. 2017",
+        ),
+        Variant(
+            "multihead",
+            lambda d, ctx, num_heads, dropout, qkv_bias: MultiHeadAttention(
+                d, d, ctx, dropout, num_heads, qkv_bias
+            ),
+            dict(HEADS),
+            "one module, heads by view/transpose, out_proj",
+            "Vaswani et al. 2017",
+        ),
+        Variant(
+            "fused", FusedAttention, dict(HEADS), "one QKV projection, explicit softmax", "GPT-2 / nanoGPT"
+        ),
+        Variant(
+            "sdpa",
+            SDPAAttention,
+            dict(HEADS),
+            "one QKV projection + F.scaled_dot_product_attention",
+            "Dao et al. 2022 (FlashAttention)",
+        ),
+        Variant(
+            "gqa",
+            GroupedQueryAttention,
+            {**HEADS, "num_kv_heads": 2},
+            "query heads share num_kv_heads K/V heads",
+            "Ainslie et al. 2023",
+        ),
+        Variant(
+            "mqa",
+            lambda d, ctx, **kw: GroupedQueryAttention(d, ctx, num_kv_heads=1, **kw),
+            dict(HEADS),
+            "all query heads share one K/V head",
+            "Shazeer 2019",
+        ),
+        Variant(
+            "sliding_window",
+            SlidingWindowAttention,
+            {**HEADS, "window": 32},
+            "causal band: each query sees the last `window` keys",
+            "Beltagy et al. 2020",
+        ),
+        Variant(
+            "linear",
+            LinearAttention,
+            dict(HEADS),
+            "phi(q) phi(k)^T with prefix sums, O(T) memory",
+            "Katharopoulos et al. 2020",
+        ),
+        Variant(
+            "latent",
+            LatentAttention,
+            {**HEADS, "latent_dim": 32},
+            "K/V expanded from a cached low-rank latent (MLA)",
+            "DeepSeek-AI 2024",
+        ),
+    ]
+}
+
+
+def available() -> list[str]:
+    return sorted(VARIANTS)
+
+
+def get_variant(name: str) -> Variant:
+    if name not in VARIANTS:
+        raise AttentionConfigError(
+            f"unknown attention variant {name!r}: choose one of {', '.join(available())} "
+            f"(attention=<name> on the command line, or a file in conf/attention/)."
+        )
+    return VARIANTS[name]
+
+
+def resolve_knobs(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with `knobs`, after checking every name and type."""
+    variant = get_variant(name)
+    unknown = sorted(set(knobs) - set(variant.knobs))
+    if unknown:
+        raise AttentionConfigError(
+            f"attention={name} has no setting {', '.join(unknown)}: its settings are "
+            f"{', '.join(sorted(variant.knobs)) or '(none)'}."
+        )
+    resolved = {**variant.knobs, **knobs}
+    for key, value in resolved.items():
+        expected = type(variant.knobs[key])
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            resolved[key], ok = float(value), True
+        if not ok:
+            raise AttentionConfigError(
+                f"attention.{key}={value!r} should be a {expected.__name__} (default {variant.knobs[key]!r})."
+            )
+    if "dropout" in resolved and not 0.0 <= resolved["dropout"] < 1.0:
+        raise AttentionConfigError(f"attention.dropout={resolved['dropout']} must be in [0, 1).")
+    return resolved
+
+
+def build_attention(name: str, d_model: int, context_length: int, **knobs: Any) -> nn.Module:
+    """Build one attention layer of width `d_model` for sequences up to `context_length` tokens."""
+    return get_variant(name).build(d_model, context_length, **resolve_knobs(name, knobs))
