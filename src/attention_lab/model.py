@@ -74,9 +74,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         self.pos_emb = nn.Embedding(context_length, d_model)
         self.drop_emb = nn.Dropout(emb_dropout)
-        self.blocks = nn.ModuleList(
-            [Block(d_model, context_length, attention, resid_dropout) for _ in range(n_layers)]
-        )
+        self.blocks = nn.ModuleList([Block(d_model, context_length, attention, resid_dropout) for _ in range(n_layers)])
         self.final_norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:

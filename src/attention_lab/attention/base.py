@@ -97,9 +97,7 @@ class HeadedAttention(nn.Module):
         return slice_allowed(self.allowed, t_q, t_k)  # (Tq, Tk) bool
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        weights = attention_weights(
-            q, self._expand_kv(k), self._mask(q.shape[2], k.shape[2])
-        )  # (B, H, Tq, Tk)
+        weights = attention_weights(q, self._expand_kv(k), self._mask(q.shape[2], k.shape[2]))  # (B, H, Tq, Tk)
         return self.dropout(weights) @ self._expand_kv(v), weights
 
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):

@@ -159,7 +159,7 @@ class MultiHeadAttentionWrapper(_ChapterAttention):
     def _attend(self, x, cache):
         n = len(self.heads)
         caches = [None] * n if cache is None else [cache.setdefault(f"head{i}", {}) for i in range(n)]
-        outs = [head._attend(x, head_cache) for head, head_cache in zip(self.heads, caches)]
+        outs = [head._attend(x, head_cache) for head, head_cache in zip(self.heads, caches, strict=True)]
         return torch.cat([o for o, _ in outs], dim=-1), torch.cat([w for _, w in outs], dim=1)
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:

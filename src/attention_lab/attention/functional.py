@@ -24,9 +24,7 @@ def divisors(n: int) -> list[int]:
 def check_divisible(width: int, num_heads: int, width_name: str = "d_out") -> int:
     """Return the head width, or raise with the values that would work."""
     if num_heads < 1:
-        raise AttentionConfigError(
-            f"num_heads={num_heads} must be >= 1: set attention.num_heads to 1 or more."
-        )
+        raise AttentionConfigError(f"num_heads={num_heads} must be >= 1: set attention.num_heads to 1 or more.")
     if width % num_heads:
         raise AttentionConfigError(
             f"{width_name}={width} is not divisible by num_heads={num_heads}: set attention.num_heads to a "
@@ -103,12 +101,8 @@ def sdpa_attention(
     With `enable_gqa`, k/v may have fewer heads; query head h reads K/V head h // (H / H_kv).
     """
     if allowed is None:
-        return F.scaled_dot_product_attention(
-            q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=enable_gqa
-        )
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=enable_gqa
-    )
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=enable_gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=enable_gqa)
 
 
 def count_params(module: torch.nn.Module) -> int:

@@ -113,16 +113,12 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant(
             "multihead",
-            lambda d, ctx, num_heads, dropout, qkv_bias: MultiHeadAttention(
-                d, d, ctx, dropout, num_heads, qkv_bias
-            ),
+            lambda d, ctx, num_heads, dropout, qkv_bias: MultiHeadAttention(d, d, ctx, dropout, num_heads, qkv_bias),
             dict(HEADS),
             "one module, heads by view/transpose, out_proj",
             "Vaswani et al. 2017",
         ),
-        Variant(
-            "fused", FusedAttention, dict(HEADS), "one QKV projection, explicit softmax", "GPT-2 / nanoGPT"
-        ),
+        Variant("fused", FusedAttention, dict(HEADS), "one QKV projection, explicit softmax", "GPT-2 / nanoGPT"),
         Variant(
             "sdpa",
             SDPAAttention,
