@@ -22,6 +22,14 @@ def feature_map(x: Tensor) -> Tensor:
 
 
 class LinearAttention(HeadedAttention):
+    def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
+        if return_weights and cache is not None:
+            raise ValueError(
+                "linear attention caches running sums, not keys, so return_weights=True is not available while "
+                "decoding with a cache: run the full sequence without a cache to get its weights."
+            )
+        return super().forward(x, return_weights, cache)
+
     def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = super()._project(x, None)  # the cache holds running sums, not keys
         return feature_map(q), feature_map(k), v

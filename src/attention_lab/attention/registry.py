@@ -194,8 +194,9 @@ def resolve_knobs(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             resolved[key], ok = float(value), True
         if not ok:
+            article = "an" if expected.__name__[0] in "aeiou" else "a"
             raise AttentionConfigError(
-                f"attention.{key}={value!r} should be a {expected.__name__} (default {variant.knobs[key]!r})."
+                f"attention.{key}={value!r} should be {article} {expected.__name__} (default {variant.knobs[key]!r})."
             )
     if "dropout" in resolved and not 0.0 <= resolved["dropout"] < 1.0:
         raise AttentionConfigError(f"attention.dropout={resolved['dropout']} must be in [0, 1).")

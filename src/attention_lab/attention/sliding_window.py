@@ -31,7 +31,7 @@ class SlidingWindowAttention(HeadedAttention):
         q, k, v = super()._project(x, cache)
         if cache is not None:  # the band is translation-invariant, so older keys can simply be dropped
             keep = self.window - 1
-            cache["k"], cache["v"] = (t[:, :, t.shape[2] - keep :] for t in (k, v))
+            cache["k"], cache["v"] = (t[:, :, max(t.shape[2] - keep, 0) :] for t in (k, v))
         return q, k, v
 
     def _sdpa_mask(self, t_q: int, t_k: int) -> Tensor:

@@ -1,0 +1,101 @@
+"""Shared fixtures for the attention and GPT tests: the chapter's inputs, small attention layers, a tiny GPT.
+
+Everything here is small (d_model=32, T<=16, B=2) so the whole suite stays fast on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from attention_lab.attention import build_attention, get_variant
+from attention_lab.model import GPT
+
+D_MODEL = 32
+CONTEXT_LENGTH = 16
+NUM_HEADS = 4
+BATCH = 2
+SEQ = 12
+
+# Knobs that make the generic tests exercise what a variant is about (the defaults would hide it: the
+# default window of 32 is wider than every sequence here, so the band would never cut anything).
+TEST_KNOBS: dict[str, dict[str, Any]] = {
+    "sliding_window": {"window": 5},
+    "latent": {"latent_dim": 16},
+}
+
+
+def attention_knobs(name: str, **overrides: Any) -> dict[str, Any]:
+    """Test knobs for `name`: dropout 0 and NUM_HEADS heads where the variant has those knobs."""
+    defaults = get_variant(name).knobs
+    knobs: dict[str, Any] = dict(TEST_KNOBS.get(name, {}))
+    if "dropout" in defaults:
+        knobs["dropout"] = 0.0
+    if "num_heads" in defaults:
+        knobs["num_heads"] = NUM_HEADS
+    knobs.update(overrides)
+    return knobs
+
+
+def expected_heads(name: str, **overrides: Any) -> int:
+    """Number of weight maps a variant returns: its num_heads, or 1 for the single-head variants."""
+    return attention_knobs(name, **overrides).get("num_heads", 1)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def inputs() -> torch.Tensor:
+    """The chapter's six 3-d embeddings ("Your journey starts with one step")."""
+    return torch.tensor(
+        [
+            [0.43, 0.15, 0.89],
+            [0.55, 0.87, 0.66],
+            [0.57, 0.85, 0.64],
+            [0.22, 0.58, 0.33],
+            [0.77, 0.25, 0.10],
+            [0.05, 0.80, 0.55],
+        ]
+    )
+
+
+@pytest.fixture
+def batch(inputs: torch.Tensor) -> torch.Tensor:
+    return torch.stack((inputs, inputs))
+
+
+@pytest.fixture
+def make_attention() -> Callable[..., nn.Module]:
+    """make_attention(name, **knobs) -> an eval-mode layer of width D_MODEL for CONTEXT_LENGTH tokens."""
+
+    def make(name: str, d_model: int = D_MODEL, context_length: int = CONTEXT_LENGTH, **overrides: Any) -> nn.Module:
+        return build_attention(name, d_model, context_length, **attention_knobs(name, **overrides)).eval()
+
+    return make
+
+
+@pytest.fixture
+def make_gpt() -> Callable[..., GPT]:
+    """make_gpt(name, **knobs) -> a tiny GPT (vocab 50, context 16, d 32, 2 layers) in eval mode."""
+
+    def make(name: str, n_layers: int = 2, **overrides: Any) -> GPT:
+        attention = {"name": name, **attention_knobs(name, **overrides)}
+        model = GPT(
+            vocab_size=50,
+            context_length=CONTEXT_LENGTH,
+            d_model=D_MODEL,
+            n_layers=n_layers,
+            attention=attention,
+            emb_dropout=0.0,
+            resid_dropout=0.0,
+        )
+        return model.eval()
+
+    return make
