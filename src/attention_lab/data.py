@@ -624,6 +624,34 @@ def check_corpus_fits(
 # ----------------------------------------------------------------------------------------------------------
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A shuffle fixed by (seed, epoch) that can start part-way through an epoch.
+
+    Lightning calls `set_epoch` before each epoch (as for DistributedSampler), and a resumed run calls
+    `skip_first` with the batches already trained on, so a run resumed from a mid-epoch checkpoint sees
+    exactly the batches an uninterrupted run would have seen (a plain seeded RandomSampler restarts the
+    epoch with a different order).
+    """
+
+    def __init__(self, num_items: int, seed: int) -> None:
+        self.num_items, self.seed, self.epoch, self._skip = num_items, seed, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_first(self, num_indices: int) -> None:
+        self._skip = num_indices
+
+    def __len__(self) -> int:
+        return self.num_items
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_items, generator=generator)[self._skip :]
+        self._skip = 0  # only the first epoch after a resume is partial
+        return iter(order.tolist())
+
+
 class TextDataModule(L.LightningDataModule):
     """Corpus -> tokens -> contiguous train/val windows, as Lightning dataloaders.
 
@@ -717,17 +745,26 @@ class TextDataModule(L.LightningDataModule):
     def _loader(self, dataset: TokenWindows | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("call setup() before asking for dataloaders")
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        if sampler is not None and self._resumed_batches():
+            sampler.skip_first(self._resumed_batches() * self.batch_size)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=shuffle,  # train drops the ragged last batch; val keeps every window
-            generator=torch.Generator().manual_seed(self.seed) if shuffle else None,
             collate_fn=collate_windows,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
+
+    def _resumed_batches(self) -> int:
+        """Batches of the current epoch already trained on when resuming from a checkpoint (else 0)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.ckpt_path is None:
+            return 0
+        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

@@ -1,0 +1,101 @@
+"""LightningModule around the GPT: loss, AdamW with warmup + cosine, validation loss/perplexity.
+
+The module takes plain dicts (not a built model) and saves them as hyper-parameters, so a checkpoint
+describes itself: `scripts/generate.py` rebuilds the exact model from it without Hydra or pickled objects.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics import MeanMetric
+
+from .model import GPT
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float):
+    """Multiplier on the base lr: linear warmup to 1, then cosine decay to `min_lr_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class LitGPT(L.LightningModule):
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        tokenizer: dict[str, Any] | None = None,
+        compile: bool = False,
+    ):
+        """model: GPT kwargs (incl. `attention` and `vocab_size`); optim: lr, weight_decay, betas, warmup_steps,
+        min_lr_ratio; tokenizer: the tokenizer's state, kept so a checkpoint can decode its own samples."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(**model)
+        self.compile_model = compile
+        self._forward = self.model  # replaced by the compiled module in configure_model when asked
+        self.val_loss = MeanMetric()
+
+    def configure_model(self) -> None:
+        if self.compile_model and self._forward is self.model:
+            # kept out of the module tree (object.__setattr__) so the state_dict has no `_orig_mod.` copies
+            object.__setattr__(self, "_forward", torch.compile(self.model))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self._forward(idx)
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch  # (B, T), (B, T)
+        logits = self(x)  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        # Lightning writes these only every `log_every_n_steps`; no host sync is forced here.
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.val_loss.update(self._loss(batch), weight=batch[0].shape[0])
+
+    def on_validation_epoch_end(self) -> None:
+        loss = self.val_loss.compute()  # mean over the whole val split, reduced across ranks
+        self.val_loss.reset()
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        self.log("hp/val_loss", loss)  # the metric of TensorBoard's HParams tab
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        # decay matrices and embeddings only; biases and LayerNorm parameters are left alone
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg["weight_decay"]},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        factor = lr_lambda(cfg["warmup_steps"], total, cfg["min_lr_ratio"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # Resuming continues the same random stream (dropout), so the next losses match an uninterrupted run.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])

@@ -1,0 +1,267 @@
+"""The Hydra task: validate the config, build data/model/trainer from it, fit, write metrics.json.
+
+Order matters for the user: every check that can fail cheaply (names, knobs, shapes, hardware, paths) runs
+before the corpus is tokenized, and the corpus is checked against the context length before the model is
+built. In a sweep (-m) a failing job is recorded in its folder and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .attention import build_attention, resolve_knobs
+from .callbacks import HParams, Throughput, peak_memory_mb
+from .checkpoint import check_same_model, read_checkpoint
+from .module import LitGPT
+
+log = logging.getLogger(__name__)
+
+# "_attention=gqa,..." after the timestamp in run folder names, nothing when there are no overrides
+OmegaConf.register_new_resolver("run_suffix", lambda s: f"_{s}" if s else "", replace=True)
+
+
+class ConfigError(ValueError):
+    """The composed config cannot work; the message names the setting and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- validation
+def _validate_attention_and_model(cfg: DictConfig) -> None:
+    m = cfg.model
+    for key in ("context_length", "d_model", "n_layers"):
+        if not isinstance(m[key], int) or m[key] < 1:
+            raise ConfigError(f"model.{key}={m[key]!r} must be a positive integer.")
+    for key in ("emb_dropout", "resid_dropout"):
+        if not 0.0 <= m[key] < 1.0:
+            raise ConfigError(f"model.{key}={m[key]} must be in [0, 1).")
+    knobs = attention_knobs(cfg)
+    resolve_knobs(cfg.attention.name, knobs)
+    build_attention(cfg.attention.name, m.d_model, m.context_length, **knobs)  # one layer: shapes and knobs
+
+
+def _validate_data(cfg: DictConfig) -> None:
+    d = cfg.data
+    if OmegaConf.is_missing(d, "path"):
+        raise ConfigError("data=text needs a corpus: add data.path=<file, folder or glob> (or use data=default).")
+    if d.path is not None and not (os.path.exists(d.path) or glob.glob(str(d.path), recursive=True)):
+        raise ConfigError(
+            f"data.path={d.path} does not exist: point it at a text file, a folder of .txt files or a glob "
+            "(quote globs), or drop data.path to use the built-in corpus."
+        )
+    if d.tokenizer not in ("gpt2", "char"):
+        raise ConfigError(f"data.tokenizer={d.tokenizer!r} is unknown: use data.tokenizer=gpt2 or data.tokenizer=char.")
+
+
+def _validate_trainer(cfg: DictConfig, multirun: bool) -> None:
+    t = cfg.trainer
+    accelerator, precision, strategy = str(t.accelerator), str(t.precision), str(t.strategy)
+    cuda = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not cuda:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} but no CUDA GPU is visible: use trainer=cpu (or trainer=default, "
+            "which picks the GPU when there is one)."
+        )
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and cuda)
+    if precision.startswith("16") and not on_gpu:
+        raise ConfigError(
+            f"trainer.precision={precision} needs a GPU: on the CPU use trainer.precision=32-true or bf16-mixed."
+        )
+    if precision.startswith("bf16") and on_gpu and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"trainer.precision={precision}: this GPU has no bfloat16; use 16-mixed or 32-true.")
+    if strategy.startswith("fsdp") and not on_gpu:
+        raise ConfigError("trainer=fsdp needs GPUs: use trainer=ddp with trainer.accelerator=cpu on the CPU.")
+    if strategy == "ddp" and multirun and t.devices not in (1, "1"):
+        raise ConfigError(
+            "trainer=ddp cannot run inside a sweep (-m): Lightning re-launches every rank with the original "
+            "command line, so each rank would start the whole sweep again. Use trainer=ddp_spawn for sweeps, "
+            "or run the ddp job on its own without -m."
+        )
+    if cfg.optim.warmup_steps >= t.max_steps > 0:
+        raise ConfigError(
+            f"optim.warmup_steps={cfg.optim.warmup_steps} >= trainer.max_steps={t.max_steps}: the lr would never "
+            "reach its peak; lower optim.warmup_steps or raise trainer.max_steps."
+        )
+
+
+def validate_config(cfg: DictConfig, multirun: bool = False) -> None:
+    """Every cheap check, before any tokenizing, model building or trainer start."""
+    _validate_attention_and_model(cfg)
+    _validate_data(cfg)
+    _validate_trainer(cfg, multirun)
+    if cfg.ckpt_path is not None:
+        check_same_model(read_checkpoint(cfg.ckpt_path), model_kwargs(cfg, None), cfg.ckpt_path)
+
+
+# ---------------------------------------------------------------------------------------------- building
+def attention_knobs(cfg: DictConfig) -> dict[str, Any]:
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    return {k: v for k, v in attention.items() if k != "name"}
+
+
+def model_kwargs(cfg: DictConfig, vocab_size: int | None) -> dict[str, Any]:
+    """GPT(**kwargs); vocab_size None means "whatever the checkpoint says" (only used for comparison)."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs["attention"] = OmegaConf.to_container(cfg.attention, resolve=True)
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return kwargs
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def flat_hparams(cfg: DictConfig, module: LitGPT) -> dict[str, Any]:
+    container = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in ("attention", "model", "data", "trainer", "optim", "seed", "compile")
+    }
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not key.startswith("_"):
+                    walk(f"{prefix}{key}.", value)
+        else:
+            flat[prefix[:-1]] = node if isinstance(node, (int, float, str, bool)) else str(node)
+
+    walk("", container)
+    for key, value in module.model.num_params().items():
+        flat[f"params/{key}"] = value
+    flat["kv_cache_bytes_per_token"] = module.model.kv_cache_bytes_per_token()
+    return flat
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- training
+def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
+    started = time.perf_counter()
+    validate_config(cfg, multirun)
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # raises before the model exists if the corpus is shorter than the context
+
+    module = LitGPT(
+        model=model_kwargs(cfg, datamodule.vocab_size),
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=datamodule.tokenizer.state(),
+        compile=cfg.compile,
+    )
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks.append(HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    metrics = collect_metrics(cfg, trainer, module, started)
+    if trainer.is_global_zero:
+        write_metrics(_output_dir(cfg) / "metrics.json", metrics)
+        print_summary(cfg, metrics)
+    return metrics
+
+
+def collect_metrics(cfg: DictConfig, trainer: L.Trainer, module: LitGPT, started: float) -> dict[str, Any]:
+    def scalar(name: str) -> float | None:
+        value = trainer.callback_metrics.get(name)
+        return None if value is None else float(value)
+
+    checkpoint = trainer.checkpoint_callback
+    best = None if checkpoint is None or checkpoint.best_model_score is None else float(checkpoint.best_model_score)
+    throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+    final = scalar("val/loss")
+    return {
+        "status": "ok",
+        "attention": cfg.attention.name,
+        "overrides": _overrides(),
+        "val_loss": final,
+        "val_ppl": None if final is None else math.exp(final),
+        "best_val_loss": best,
+        "best_val_ppl": None if best is None else math.exp(best),
+        "train_loss": scalar("train/loss"),
+        "global_step": trainer.global_step,
+        "tokens_seen": trainer.global_step
+        * cfg.data.batch_size
+        * cfg.model.context_length
+        * trainer.accumulate_grad_batches
+        * trainer.world_size,
+        "tokens_per_sec": None if throughput is None else throughput.tokens_per_sec,
+        "params": module.model.num_params(),
+        "kv_cache_bytes_per_token": module.model.kv_cache_bytes_per_token(),
+        "peak_memory_mb": peak_memory_mb(module.device),
+        "wall_time_sec": time.perf_counter() - started,
+        "device": str(module.device),
+        "output_dir": str(_output_dir(cfg)),
+    }
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    out = _output_dir(cfg)
+    print(
+        f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
+        f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
+        f"{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
+        f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n",
+        flush=True,
+    )
+
+
+def main(cfg: DictConfig) -> float:
+    """Hydra entry: returns the final val loss, the metric a sweeper optimises."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        metrics = train(cfg, multirun)
+    except Exception as exc:
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+            out = _output_dir(cfg)
+            write_metrics(
+                out / "metrics.json",
+                {
+                    "status": "failed",
+                    "attention": cfg.attention.get("name"),
+                    "overrides": _overrides(),
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
+            (out / "error.txt").write_text(traceback.format_exc())
+        if not multirun:
+            raise
+        log.error(
+            "job failed, the sweep goes on: %s: %s (see %s/error.txt)", type(exc).__name__, exc, cfg.paths.output_dir
+        )
+        return float("inf")
+    return metrics["val_loss"] if metrics["val_loss"] is not None else float("inf")
