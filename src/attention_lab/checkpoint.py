@@ -33,12 +33,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_same_model(checkpoint: dict[str, Any], model: dict[str, Any], path: str | Path) -> None:
-    """Raise naming every setting that differs between the checkpoint's model and the configured one."""
+    """Raise naming every setting that differs between the checkpoint's model and the configured one.
+
+    Only the keys given in `model` are compared, so a check before the tokenizer exists can leave out
+    vocab_size."""
     saved = checkpoint["hyper_parameters"].get("model", {})
     differences = [
-        f"{key}: checkpoint {saved.get(key)!r} vs config {model.get(key)!r}"
-        for key in sorted(set(saved) | set(model))
-        if saved.get(key) != model.get(key)
+        f"{key}: checkpoint {saved.get(key)!r} vs config {model[key]!r}"
+        for key in sorted(model)
+        if saved.get(key) != model[key]
     ]
     if differences:
         raise CheckpointError(

@@ -752,6 +752,9 @@ class TextDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
+            # its own generator: creating an iterator otherwise draws from the global RNG, which would shift
+            # the dropout stream of a resumed run
+            generator=torch.Generator().manual_seed(self.seed),
             drop_last=shuffle,  # train drops the ragged last batch; val keeps every window
             collate_fn=collate_windows,
             num_workers=self.num_workers,
@@ -764,7 +767,8 @@ class TextDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.ckpt_path is None:
             return 0
-        return trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

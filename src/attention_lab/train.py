@@ -8,12 +8,14 @@ built. In a sweep (-m) a failing job is recorded in its folder and the sweep goe
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import math
 import os
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .attention import build_attention, resolve_knobs
@@ -31,8 +34,25 @@ from .module import LitGPT
 
 log = logging.getLogger(__name__)
 
-# "_attention=gqa,..." after the timestamp in run folder names, nothing when there are no overrides
-OmegaConf.register_new_resolver("run_suffix", lambda s: f"_{s}" if s else "", replace=True)
+# Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes through
+# EpochShuffleSampler (order fixed by seed and epoch, already-trained batches skipped), tested for equal losses.
+warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
+
+
+def run_suffix(overrides: str) -> str:
+    """ "_attention=gqa,..." after the timestamp in run folder names; shortened (with a hash) when too long."""
+    if not overrides:
+        return ""
+    overrides = overrides.replace("/", "_")
+    if len(overrides) > MAX_SUFFIX:
+        digest = hashlib.sha1(overrides.encode()).hexdigest()[:8]
+        overrides = f"{overrides[: MAX_SUFFIX - 9]}-{digest}"
+    return f"_{overrides}"
+
+
+OmegaConf.register_new_resolver("run_suffix", run_suffix, replace=True)
 
 
 class ConfigError(ValueError):
@@ -57,9 +77,10 @@ def _validate_data(cfg: DictConfig) -> None:
     d = cfg.data
     if OmegaConf.is_missing(d, "path"):
         raise ConfigError("data=text needs a corpus: add data.path=<file, folder or glob> (or use data=default).")
-    if d.path is not None and not (os.path.exists(d.path) or glob.glob(str(d.path), recursive=True)):
+    path = d.get("path")
+    if path is not None and not (os.path.exists(path) or glob.glob(str(path), recursive=True)):
         raise ConfigError(
-            f"data.path={d.path} does not exist: point it at a text file, a folder of .txt files or a glob "
+            f"data.path={path} does not exist: point it at a text file, a folder of .txt files or a glob "
             "(quote globs), or drop data.path to use the built-in corpus."
         )
     if d.tokenizer not in ("gpt2", "char"):
@@ -172,24 +193,37 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     datamodule.prepare_data()
     datamodule.setup("fit")  # raises before the model exists if the corpus is shorter than the context
 
+    model = model_kwargs(cfg, datamodule.vocab_size)
+    if cfg.ckpt_path is not None:  # now with vocab_size: a resume with another tokenizer fails here
+        check_same_model(read_checkpoint(cfg.ckpt_path), model, cfg.ckpt_path)
     module = LitGPT(
-        model=model_kwargs(cfg, datamodule.vocab_size),
+        model=model,
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=datamodule.tokenizer.state(),
         compile=cfg.compile,
     )
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    if _needs_final_validation(cfg, trainer):
+        trainer.validate(module, datamodule=datamodule, verbose=False)  # metrics.json reports the final weights
 
     metrics = collect_metrics(cfg, trainer, module, started)
     if trainer.is_global_zero:
         write_metrics(_output_dir(cfg) / "metrics.json", metrics)
         print_summary(cfg, metrics)
     return metrics
+
+
+def _needs_final_validation(cfg: DictConfig, trainer: L.Trainer) -> bool:
+    interval = cfg.trainer.get("val_check_interval")
+    every_n_steps = isinstance(interval, int) and cfg.trainer.get("check_val_every_n_epoch") is None
+    return every_n_steps and trainer.global_step % interval != 0 and not trainer.fast_dev_run
 
 
 def collect_metrics(cfg: DictConfig, trainer: L.Trainer, module: LitGPT, started: float) -> dict[str, Any]:
