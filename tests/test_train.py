@@ -353,3 +353,20 @@ def test_ddp_two_cpu_processes_single_run(tmp_path: Path, corpus: Path) -> None:
     assert metrics["status"] == "ok" and metrics["global_step"] == 4
     assert metrics["tokens_seen"] == 4 * 4 * 32 * 2  # two ranks, each its own shard
     assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1, "only rank 0 logs"
+
+
+def test_checkpoint_state_dict_holds_each_weight_once() -> None:
+    from attention_lab.module import LitGPT
+
+    module = LitGPT(
+        model={
+            "vocab_size": 20,
+            "context_length": 8,
+            "d_model": 16,
+            "n_layers": 1,
+            "attention": {"name": "multihead", "num_heads": 2},
+        },
+        optim={},
+    )
+    keys = [k for k in module.state_dict() if not k.startswith("val_loss")]
+    assert keys and all(k.startswith("model.") for k in keys), keys

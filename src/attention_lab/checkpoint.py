@@ -46,6 +46,6 @@ def check_same_model(checkpoint: dict[str, Any], model: dict[str, Any], path: st
     if differences:
         raise CheckpointError(
             f"checkpoint {path} was trained with a different model ({'; '.join(differences)}): "
-            "resume with the same attention/model settings (see the run's .hydra/overrides.yaml) "
-            "or start a new run without ckpt_path."
+            "use the same attention/model settings as that run (see its .hydra/overrides.yaml), "
+            "or a checkpoint of the model you configured (to resume: start a new run without ckpt_path)."
         )

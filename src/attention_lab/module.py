@@ -44,12 +44,13 @@ class LitGPT(L.LightningModule):
         self.save_hyperparameters()
         self.model = GPT(**model)
         self.compile_model = compile
-        self._forward = self.model  # replaced by the compiled module in configure_model when asked
+        # what forward() calls: the model, or its compiled wrapper (configure_model). Set with object.__setattr__
+        # so it is not registered as a submodule: the checkpoint holds the weights once, under `model.`.
+        object.__setattr__(self, "_forward", self.model)
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
         if self.compile_model and self._forward is self.model:
-            # kept out of the module tree (object.__setattr__) so the state_dict has no `_orig_mod.` copies
             object.__setattr__(self, "_forward", torch.compile(self.model))
 
     def forward(self, idx: Tensor) -> Tensor:
