@@ -101,7 +101,7 @@ def read_events(run_dir: Path) -> dict[str, set[str]]:
     + [f"model={m}" for m in ("tiny", "small", "gpt2_124m", "gpt2_small")]
     + [f"trainer={t}" for t in ("default", "cpu", "gpu", "ddp", "ddp_spawn", "fsdp")]
     + ["data=default", "data=text data.path=x.txt", "logger=tensorboard", "logger=csv", "callbacks=none"]
-    + ["experiment=heads_dropout", "experiment=gpt2_124m"],
+    + [f"experiment={e}" for e in ("heads_dropout", "gpt2_124m", "compare_classic", "compare_modern")],
 )
 def test_every_config_group_composes(tmp_path: Path, override: str) -> None:
     cfg = make_cfg(tmp_path, override.split())
