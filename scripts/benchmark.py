@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--skip-verify", action="store_true", help="time without checking fast path == explicit")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/<cpu|gpu>")
     return p.parse_args(argv)
 
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         max_seconds_per_point=args.max_seconds_per_point,
         verify=not args.skip_verify,
         seed=args.seed,
+        threads=args.threads,
     )
     out = args.out or ROOT / "benchmarks" / "results" / ("gpu" if on_gpu else "cpu")
     paths = write_results(run_benchmark(cfg), out)

@@ -78,6 +78,7 @@ class BenchConfig:
     max_seconds_per_point: float = 120.0
     verify: bool = True
     seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default (recorded in the JSON)
 
 
 # --- building -----------------------------------------------------------------------------------------
@@ -207,7 +208,14 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
     """Median and interquartile range in milliseconds: robust to the outliers of a shared machine."""
     ms = np.asarray(seconds) * 1e3
     p25, p50, p75 = np.percentile(ms, [25, 50, 75])
-    return {"median": float(p50), "iqr": float(p75 - p25), "p25": float(p25), "p75": float(p75), "n": len(ms)}
+    return {
+        "median": float(p50),
+        "iqr": float(p75 - p25),
+        "p25": float(p25),
+        "p75": float(p75),
+        "min": float(ms.min()),
+        "n": len(ms),
+    }
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -376,6 +384,10 @@ def machine_description(cfg: BenchConfig) -> dict[str, Any]:
     return desc
 
 
+def _load1() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -404,11 +416,17 @@ def run_benchmark(cfg: BenchConfig) -> dict[str, Any]:
     if cfg.dtype not in DTYPES:
         raise ValueError(f"dtype {cfg.dtype!r}: choose one of {sorted(DTYPES)}.")
     cfg.lengths = sorted(set(cfg.lengths))
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     machine = machine_description(cfg)
     start = time.perf_counter()
     entries = _make_entries(cfg)
+    load: dict[str, list[float]] = {}  # 1-min load average before and after each length: flags noisy points
     for t in cfg.lengths:
+        before = _load1()
         _measure_length(entries, t, cfg)
+        load[str(t)] = [before, _load1()]
+    machine["load_average_by_length"] = load
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = list(os.getloadavg())
     machine["total_seconds"] = round(time.perf_counter() - start, 1)
