@@ -11,7 +11,6 @@ running (S, z). Dropout has no weights to act on in this form, so it is applied 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
