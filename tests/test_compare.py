@@ -24,6 +24,8 @@ from attention_lab.compare import (
     FAILED,
     INCOMPLETE,
     OK,
+    RUN_COLUMNS_AFTER,
+    RUN_COLUMNS_BEFORE,
     differing_knobs,
     discover_runs,
     group_by_seed,
@@ -148,23 +150,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-KNOWN_COLUMNS = {
-    "run",
-    "variant",
-    "params_total",
-    "params_attention",
-    "kv_cache_bytes_per_token",
-    "val_loss",
-    "best_val_loss",
-    "val_ppl",
-    "tokens_per_sec",
-    "peak_memory_mb",
-    "wall_time_sec",
-    "global_step",
-    "tokens_seen",
-    "status",
-    "note",
-}
+KNOWN_COLUMNS = {*RUN_COLUMNS_BEFORE, *RUN_COLUMNS_AFTER}  # everything that is not a knob column
 
 
 def test_rows_sorted_by_val_loss_with_the_failed_run_last(sweep: Path) -> None:
