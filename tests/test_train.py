@@ -149,6 +149,7 @@ def test_run_folder_suffix_stays_short_and_unique() -> None:
         (["trainer.precision=16-mixed"], ConfigError, r"precision=16-mixed needs a GPU.*32-true"),
         (["optim.warmup_steps=50", "trainer.max_steps=10"], ConfigError, r"warmup_steps=50 >= trainer.max_steps=10"),
         (["ckpt_path=/no/such.ckpt"], CheckpointError, r"/no/such.ckpt does not exist"),
+        (["trainer.max_steps=-1"], ConfigError, r"trainer.max_steps=-1.*positive number of optimizer steps"),
     ],
 )
 def test_bad_config_fails_before_training_with_the_fix(tmp_path, overrides, error, match) -> None:
@@ -243,7 +244,8 @@ def test_short_run_lowers_val_loss_and_logs_everything(tmp_path: Path, corpus: P
 
 
 @pytest.mark.slow
-def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, corpus: Path) -> None:
+@pytest.mark.parametrize(("stop", "total"), [(10, 14), (35, 40)])  # mid-epoch; the end of epoch 0 (35 batches)
+def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, corpus: Path, stop, total) -> None:
     common = [
         *tiny(),
         "data=text",
@@ -251,36 +253,65 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, 
         "trainer.val_check_interval=5",
         "logger=csv",
         "trainer.log_every_n_steps=1",
+        f"trainer.max_steps={total}",
     ]
-    full = make_cfg(tmp_path / "full", [*common, "trainer.max_steps=14"])
-    full.paths.output_dir = str(tmp_path / "full")
-    train(full)
-    first = make_cfg(tmp_path / "a", [*common, "trainer.max_steps=14"])
-    first.paths.output_dir = str(tmp_path / "a")
-    first.trainer.max_steps = 14
-    # stop after 10 steps by training a run whose schedule still spans 14 steps: resume from its step-10 ckpt
-    with open_dict(first):
-        first.callbacks.model_checkpoint.every_n_train_steps = 10
-        first.callbacks.model_checkpoint.save_top_k = -1
-        first.callbacks.model_checkpoint.monitor = None
-        first.callbacks.model_checkpoint.filename = "step{step}"
-    train(first)
-    ckpt = tmp_path / "a" / "checkpoints" / "step10.ckpt"
-    assert ckpt.is_file()
-    resumed = make_cfg(tmp_path / "b", [*common, "trainer.max_steps=14", f"ckpt_path={ckpt}"])
-    resumed.paths.output_dir = str(tmp_path / "b")
-    train(resumed)
 
-    def losses(run: str) -> dict[int, float]:
-        rows = (tmp_path / run / "csv" / "metrics.csv").read_text().splitlines()
+    def run(name: str, extra: list[str], every: int | None = None) -> None:
+        cfg = make_cfg(tmp_path / name, [*common, *extra])
+        cfg.paths.output_dir = str(tmp_path / name)
+        if every:  # keep a checkpoint at step `every` of a run whose schedule still spans `total` steps
+            with open_dict(cfg):
+                cfg.callbacks.model_checkpoint.every_n_train_steps = every
+                cfg.callbacks.model_checkpoint.save_top_k = -1
+                cfg.callbacks.model_checkpoint.monitor = None
+                cfg.callbacks.model_checkpoint.filename = "step{step}"
+        train(cfg)
+
+    run("full", [])
+    run("a", [], every=stop)
+    ckpt = tmp_path / "a" / "checkpoints" / f"step{stop}.ckpt"
+    assert ckpt.is_file()
+    run("b", [f"ckpt_path={ckpt}"])
+
+    def losses(name: str) -> dict[int, float]:
+        rows = (tmp_path / name / "csv" / "metrics.csv").read_text().splitlines()
         header = rows[0].split(",")
         step, loss = header.index("step"), header.index("train/loss")
         return {int(r.split(",")[step]): float(r.split(",")[loss]) for r in rows[1:] if r.split(",")[loss]}
 
     reference, after = losses("full"), losses("b")
-    assert min(after) >= 10, "the resumed run must start at step 10, not 0"
+    assert min(after) == stop, f"the resumed run must start at step {stop}"
+    assert sorted(after) == list(range(stop, total))
     for step in sorted(after):
         assert after[step] == pytest.approx(reference[step], abs=1e-5), step
+    final = {n: json.loads((tmp_path / n / "metrics.json").read_text())["val_loss"] for n in ("full", "b")}
+    assert final["b"] == pytest.approx(final["full"], abs=1e-5)
+
+
+def test_last_step_is_validated_and_checkpointed(tmp_path: Path, corpus: Path) -> None:
+    cfg = make_cfg(
+        tmp_path,
+        [
+            *tiny(),
+            "data=text",
+            f"data.path={corpus}",
+            "trainer.max_steps=7",
+            "trainer.val_check_interval=5",
+            "logger=csv",
+        ],
+    )
+    metrics = train(cfg)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == metrics["global_step"] == 7, "last.ckpt must hold the final weights"
+    assert metrics["best_val_loss"] <= metrics["val_loss"] + 1e-6
+
+
+def test_probe_with_characters_the_corpus_lacks_is_filtered() -> None:
+    from attention_lab.callbacks import encode_known
+    from attention_lab.data import CharTokenizer
+
+    tokenizer = CharTokenizer.from_text("abc ")
+    assert tokenizer.decode(encode_known(tokenizer, "The cab.")) == " cab"
 
 
 # --------------------------------------------------------------------------------------- subprocesses
@@ -330,6 +361,43 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
         assert ("attention=gqa" in name) or ("attention=multihead" in name)
     failed = next(p for p in jobs if statuses[p.name] == "failed")
     assert "not divisible by num_heads=3" in (failed / "error.txt").read_text()
+
+
+@pytest.mark.slow
+def test_ddp_spawn_writes_the_workers_metrics(tmp_path: Path, corpus: Path) -> None:
+    result = run_script(
+        [
+            *tiny(),
+            "trainer=ddp_spawn",
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "data=text",
+            f"data.path={corpus}",
+            "trainer.max_steps=5",
+            "trainer.val_check_interval=2",
+            "callbacks=none",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["global_step"] == 5 and metrics["tokens_seen"] == 5 * 4 * 32 * 2
+    assert metrics["val_loss"] is not None
+
+
+@pytest.mark.slow
+def test_printed_resume_command_parses_for_a_run_folder_with_overrides(tmp_path: Path, corpus: Path) -> None:
+    args = [*tiny(), "data=text", f"data.path={corpus}", "trainer.val_check_interval=2", "callbacks=default"]
+    first = run_script([*args, "trainer.max_steps=4"], tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    resume = next(line for line in first.stdout.splitlines() if line.startswith("resume:"))
+    ckpt_arg = resume.split("<same overrides> ")[1].strip('"')
+    assert "=" in ckpt_arg.split("ckpt_path=")[1], "the run folder name carries the overrides"
+    second = run_script([*args, "trainer.max_steps=6", ckpt_arg], tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    newest = max((tmp_path / "outputs" / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    assert json.loads((newest / "metrics.json").read_text())["global_step"] == 6
 
 
 @pytest.mark.slow

@@ -27,6 +27,21 @@ def _label(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id])
 
 
+def encode_known(tokenizer, text: str) -> list[int]:
+    """Encode, dropping characters a char tokenizer never saw in its corpus (a probe must not crash a run)."""
+    chars = getattr(tokenizer, "chars", None)
+    if chars is not None:
+        known = set(chars)
+        text = "".join(ch for ch in text if ch in known)
+    return tokenizer.encode(text)
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning writes this validation's `val/loss` at, so images and scalars line up in TensorBoard."""
+    loop = trainer.fit_loop.epoch_loop
+    return getattr(loop, "_batches_that_stepped", trainer.global_step)
+
+
 class AttentionMaps(L.Callback):
     """At each validation: one image per layer (heads as panels) of a fixed probe text, and per-head entropy."""
 
@@ -39,12 +54,14 @@ class AttentionMaps(L.Callback):
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model  # the uncompiled module: the explicit weight path is for the probe only
         limit = min(self.max_tokens, model.context_length)
-        ids = tokenizer.encode(self.probe_text)[:limit]
+        ids = encode_known(tokenizer, self.probe_text)[:limit]
+        if not ids:
+            return
         idx = torch.tensor([ids], device=pl_module.device)  # (1, T)
         with torch.no_grad():
             _, weights = model(idx, return_weights=True)  # per layer (1, H, T, T)
         labels = [_label(tokenizer, i) for i in ids]
-        tb, step, scalars = tensorboard(trainer), trainer.global_step, {}
+        tb, step, scalars = tensorboard(trainer), logging_step(trainer), {}
         for layer, w in enumerate(weights):
             w = w[0].float()  # (H, T, T)
             for head, value in enumerate(attention_entropy(w).tolist()):
@@ -69,7 +86,9 @@ class TextSample(L.Callback):
             return
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model
-        ids = tokenizer.encode(self.prompt)[-model.context_length :]
+        ids = encode_known(tokenizer, self.prompt)[-model.context_length :]
+        if not ids:
+            return
         # a private generator: sampling must not shift the training run's random stream
         gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         out = generate(
@@ -84,7 +103,8 @@ class TextSample(L.Callback):
         self.last_text = tokenizer.decode(out[0].tolist())
         tb = tensorboard(trainer)
         if tb is not None:
-            tb.experiment.add_text("samples", "    " + self.last_text.replace("\n", "\n    "), trainer.global_step)
+            text = "    " + self.last_text.replace("\n", "\n    ")  # markdown code block: keeps the layout
+            tb.experiment.add_text("samples", text, logging_step(trainer))
 
 
 def peak_memory_mb(device: torch.device) -> float:

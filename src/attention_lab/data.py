@@ -765,10 +765,16 @@ class TextDataModule(L.LightningDataModule):
     def _resumed_batches(self) -> int:
         """Batches of the current epoch already trained on when resuming from a checkpoint (else 0)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.ckpt_path is None:
+        if trainer is None or trainer.ckpt_path is None or self.train_dataset is None:
             return 0
-        # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        if trainer.world_size > 1:
+            # Lightning wraps the sampler per rank (DistributedSamplerWrapper), which a skip would break:
+            # a multi-device resume restarts the epoch's order instead (Lightning warns about it).
+            return 0
+        per_epoch = len(self.train_dataset) // self.batch_size  # drop_last
+        # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed.
+        # A checkpoint at the end of an epoch (processed == per_epoch) resumes at the start of the next one.
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed % max(per_epoch, 1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

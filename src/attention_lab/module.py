@@ -13,7 +13,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import MeanMetric
 
 from .model import GPT
 
@@ -47,7 +46,6 @@ class LitGPT(L.LightningModule):
         # what forward() calls: the model, or its compiled wrapper (configure_model). Set with object.__setattr__
         # so it is not registered as a submodule: the checkpoint holds the weights once, under `model.`.
         object.__setattr__(self, "_forward", self.model)
-        self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
         if self.compile_model and self._forward is self.model:
@@ -68,12 +66,20 @@ class LitGPT(L.LightningModule):
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        # running sums on the device: no host sync per batch, and a NaN loss stays visible (no NaN filtering)
+        self._val_sum = torch.zeros((), device=self.device)
+        self._val_count = torch.zeros((), device=self.device)
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.val_loss.update(self._loss(batch), weight=batch[0].shape[0])
+        n = batch[0].shape[0]
+        self._val_sum += self._loss(batch).detach() * n
+        self._val_count += n
 
     def on_validation_epoch_end(self) -> None:
-        loss = self.val_loss.compute()  # mean over the whole val split, reduced across ranks
-        self.val_loss.reset()
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")  # all ranks' batches
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        loss = total / count  # mean over the whole val split
         self.log("val/loss", loss, prog_bar=True)
         self.log("val/ppl", torch.exp(loss))
         self.log("hp/val_loss", loss)  # the metric of TensorBoard's HParams tab
@@ -96,7 +102,13 @@ class LitGPT(L.LightningModule):
     # Resuming continues the same random stream (dropout), so the next losses match an uninterrupted run.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "torch_rng_state" in checkpoint:
             torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
+            states = checkpoint["cuda_rng_state"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

@@ -34,10 +34,6 @@ from .module import LitGPT
 
 log = logging.getLogger(__name__)
 
-# Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes through
-# EpochShuffleSampler (order fixed by seed and epoch, already-trained batches skipped), tested for equal losses.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-
 MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
 
 
@@ -70,7 +66,8 @@ def _validate_attention_and_model(cfg: DictConfig) -> None:
             raise ConfigError(f"model.{key}={m[key]} must be in [0, 1).")
     knobs = attention_knobs(cfg)
     resolve_knobs(cfg.attention.name, knobs)
-    build_attention(cfg.attention.name, m.d_model, m.context_length, **knobs)  # one layer: shapes and knobs
+    # one layer with a short context: checks shapes and knobs without allocating a (T, T) mask for a huge T
+    build_attention(cfg.attention.name, m.d_model, min(m.context_length, 16), **knobs)
 
 
 def _validate_data(cfg: DictConfig) -> None:
@@ -111,7 +108,12 @@ def _validate_trainer(cfg: DictConfig, multirun: bool) -> None:
             "command line, so each rank would start the whole sweep again. Use trainer=ddp_spawn for sweeps, "
             "or run the ddp job on its own without -m."
         )
-    if cfg.optim.warmup_steps >= t.max_steps > 0:
+    if not isinstance(t.max_steps, int) or t.max_steps < 1:
+        raise ConfigError(
+            f"trainer.max_steps={t.max_steps}: runs here are step-based (warmup and cosine schedule over max_steps); "
+            "set trainer.max_steps to a positive number of optimizer steps, e.g. trainer.max_steps=300."
+        )
+    if cfg.optim.warmup_steps >= t.max_steps:
         raise ConfigError(
             f"optim.warmup_steps={cfg.optim.warmup_steps} >= trainer.max_steps={t.max_steps}: the lr would never "
             "reach its peak; lower optim.warmup_steps or raise trainer.max_steps."
@@ -185,7 +187,7 @@ def write_metrics(path: Path, metrics: dict[str, Any]) -> None:
 
 # ---------------------------------------------------------------------------------------------- training
 def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
-    started = time.perf_counter()
+    started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
     validate_config(cfg, multirun)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -206,24 +208,48 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)))
+    summary = RunSummary(cfg, started)
+    callbacks += [ValidateAtLastStep(), summary]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    if _needs_final_validation(cfg, trainer):
-        trainer.validate(module, datamodule=datamodule, verbose=False)  # metrics.json reports the final weights
+    with warnings.catch_warnings():
+        if trainer.world_size == 1:
+            # Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes
+            # through EpochShuffleSampler (order fixed by seed and epoch, trained batches skipped), tested for
+            # equal losses. Under DDP that skip is not applied, so the warning stays.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    metrics = collect_metrics(cfg, trainer, module, started)
-    if trainer.is_global_zero:
-        write_metrics(_output_dir(cfg) / "metrics.json", metrics)
-        print_summary(cfg, metrics)
-    return metrics
+    if summary.metrics is None:  # ddp_spawn: the summary was written by rank 0 of the spawned workers
+        return json.loads((_output_dir(cfg) / "metrics.json").read_text())
+    return summary.metrics
 
 
-def _needs_final_validation(cfg: DictConfig, trainer: L.Trainer) -> bool:
-    interval = cfg.trainer.get("val_check_interval")
-    every_n_steps = isinstance(interval, int) and cfg.trainer.get("check_val_every_n_epoch") is None
-    return every_n_steps and trainer.global_step % interval != 0 and not trainer.fast_dev_run
+class ValidateAtLastStep(L.Callback):
+    """Validate (and so checkpoint) at the last step even when it is not a multiple of val_check_interval,
+    so metrics.json, last.ckpt and best.ckpt all describe the final weights. `should_stop` is Lightning's
+    own way to ask for a validation before stopping; every rank computes the same condition."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+class RunSummary(L.Callback):
+    """Collects metrics.json where training ran (in the worker under ddp_spawn); rank 0 writes and prints it."""
+
+    def __init__(self, cfg: DictConfig, started: float):
+        # resolved here: a spawned worker has no Hydra context to resolve ${hydra:...} paths or read overrides
+        self.cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        self.overrides, self.started = _overrides(), started
+        self.metrics: dict[str, Any] | None = None
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.metrics = {**collect_metrics(self.cfg, trainer, pl_module, self.started), "overrides": self.overrides}
+        if trainer.is_global_zero:
+            write_metrics(_output_dir(self.cfg) / "metrics.json", self.metrics)
+            print_summary(self.cfg, self.metrics)
 
 
 def collect_metrics(cfg: DictConfig, trainer: L.Trainer, module: LitGPT, started: float) -> dict[str, Any]:
@@ -254,7 +280,7 @@ def collect_metrics(cfg: DictConfig, trainer: L.Trainer, module: LitGPT, started
         "params": module.model.num_params(),
         "kv_cache_bytes_per_token": module.model.kv_cache_bytes_per_token(),
         "peak_memory_mb": peak_memory_mb(module.device),
-        "wall_time_sec": time.perf_counter() - started,
+        "wall_time_sec": time.time() - started,
         "device": str(module.device),
         "output_dir": str(_output_dir(cfg)),
     }
@@ -269,7 +295,8 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
         f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
         f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
         f"{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
-        f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n",
+        f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n"
+        f"resume:     python scripts/train.py <same overrides> \"ckpt_path='{out / 'checkpoints' / 'last.ckpt'}'\"\n",
         flush=True,
     )
 
