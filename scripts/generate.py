@@ -158,7 +158,14 @@ def run_sample(cfg: DictConfig) -> None:
     idx = encode_prompt(tokenizer, cfg.prompt, device)  # (1, T)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     run = timed_generate(
-        model, idx, cfg.max_new_tokens, cfg.temperature, cfg.top_k, tokenizer.eot_token, cfg.use_cache, generator
+        model,
+        idx,
+        cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_k=cfg.top_k,
+        eot_token=tokenizer.eot_token,
+        use_cache=cfg.use_cache,
+        generator=generator,
     )
     print(tokenizer.decode(run.tokens[0].tolist()))
     sampling = "greedy" if cfg.temperature == 0 else f"temperature {cfg.temperature}, top_k {cfg.top_k}"

@@ -250,20 +250,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_generate(
-    model: GPT,
-    idx: Tensor,
-    max_new_tokens: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    eot_token: int | None = None,
-    use_cache: bool = True,
-    generator: torch.Generator | None = None,
-) -> TimedGeneration:
-    """`generate` with its wall time (prefill included: it is part of what a user waits for)."""
+def timed_generate(model: GPT, idx: Tensor, max_new_tokens: int, **sampling: Any) -> TimedGeneration:
+    """`generate` (same keyword arguments) with its wall time (prefill included: a user waits for it too)."""
     _sync(idx.device)
     start = time.perf_counter()
-    out = generate(model, idx, max_new_tokens, temperature, top_k, eot_token, use_cache, generator)
+    out = generate(model, idx, max_new_tokens, **sampling)
     _sync(idx.device)
     return TimedGeneration(out, out.shape[1] - idx.shape[1], time.perf_counter() - start)
 
@@ -275,8 +266,8 @@ def compare_cache(
 
     Greedy, because then any difference is the cache's fault and not the sampler's.
     """
-    cached = timed_generate(model, idx, max_new_tokens, 0.0, None, eot_token, use_cache=True)
-    uncached = timed_generate(model, idx, max_new_tokens, 0.0, None, eot_token, use_cache=False)
+    cached = timed_generate(model, idx, max_new_tokens, eot_token=eot_token, use_cache=True)
+    uncached = timed_generate(model, idx, max_new_tokens, eot_token=eot_token, use_cache=False)
     if not torch.equal(cached.tokens, uncached.tokens):
         raise GenerationError(
             f"greedy tokens with and without the KV cache differ ({_first_difference(cached.tokens, uncached.tokens)})"
