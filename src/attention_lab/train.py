@@ -264,7 +264,6 @@ def collect_metrics(cfg: DictConfig, trainer: L.Trainer, module: LitGPT, started
     return {
         "status": "ok",
         "attention": cfg.attention.name,
-        "overrides": _overrides(),
         "val_loss": final,
         "val_ppl": None if final is None else math.exp(final),
         "best_val_loss": best,
