@@ -48,8 +48,10 @@ def corpus(tmp_path: Path) -> Path:
     return path
 
 
-def tiny(name: str = "multihead") -> list[str]:
-    return [o for o in TINY if name not in NO_HEADS or not o.startswith("attention.num_heads")]
+def tiny(name: str = "multihead", corpus: Path | None = None) -> list[str]:
+    """TINY for `name` (no num_heads for single-head variants), on `corpus` (data=text) when given."""
+    overrides = [o for o in TINY if name not in NO_HEADS or not o.startswith("attention.num_heads")]
+    return overrides + (["data=text", f"data.path={corpus}"] if corpus is not None else [])
 
 
 def make_cfg(tmp_path: Path, overrides: list[str]):
@@ -170,7 +172,7 @@ def test_ddp_inside_a_sweep_is_refused_with_the_fix(tmp_path: Path) -> None:
 def test_context_longer_than_corpus_fails_before_the_model_is_built(tmp_path: Path, corpus: Path) -> None:
     short = tmp_path / "short.txt"
     short.write_text("tiny corpus " * 10)
-    cfg = make_cfg(tmp_path, [*tiny(), "data=text", f"data.path={short}", "model.context_length=64"])
+    cfg = make_cfg(tmp_path, [*tiny(corpus=short), "model.context_length=64"])
     with pytest.raises(DataConfigError, match=r"context_length"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -181,7 +183,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path: Path, corpus: 
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         validate_config(make_cfg(tmp_path, [*tiny(), f"ckpt_path={bad}"]))
-    cfg = make_cfg(tmp_path, [*tiny(), "data=text", f"data.path={corpus}", "trainer.max_steps=3", "callbacks=none"])
+    cfg = make_cfg(tmp_path, [*tiny(corpus=corpus), "trainer.max_steps=3", "callbacks=none"])
     cfg.callbacks = {
         "ckpt": {
             "_target_": "lightning.pytorch.callbacks.ModelCheckpoint",
@@ -201,9 +203,7 @@ def test_corrupt_and_mismatched_checkpoints_are_refused(tmp_path: Path, corpus: 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", available())
 def test_fast_dev_run_every_variant(tmp_path: Path, corpus: Path, name: str) -> None:
-    cfg = make_cfg(
-        tmp_path, [f"attention={name}", *tiny(name), "data=text", f"data.path={corpus}", "+trainer.fast_dev_run=2"]
-    )
+    cfg = make_cfg(tmp_path, [f"attention={name}", *tiny(name, corpus=corpus), "+trainer.fast_dev_run=2"])
     metrics = train(cfg)
     assert metrics["status"] == "ok"
     assert metrics["global_step"] == 2
@@ -215,9 +215,7 @@ def test_short_run_lowers_val_loss_and_logs_everything(tmp_path: Path, corpus: P
     cfg = make_cfg(
         tmp_path,
         [
-            *tiny(),
-            "data=text",
-            f"data.path={corpus}",
+            *tiny(corpus=corpus),
             "trainer.max_steps=60",
             "trainer.val_check_interval=30",
             "attention.dropout=0.0",
@@ -247,9 +245,7 @@ def test_short_run_lowers_val_loss_and_logs_everything(tmp_path: Path, corpus: P
 @pytest.mark.parametrize(("stop", "total"), [(10, 14), (35, 40)])  # mid-epoch; the end of epoch 0 (35 batches)
 def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, corpus: Path, stop, total) -> None:
     common = [
-        *tiny(),
-        "data=text",
-        f"data.path={corpus}",
+        *tiny(corpus=corpus),
         "trainer.val_check_interval=5",
         "logger=csv",
         "trainer.log_every_n_steps=1",
@@ -292,9 +288,7 @@ def test_last_step_is_validated_and_checkpointed(tmp_path: Path, corpus: Path) -
     cfg = make_cfg(
         tmp_path,
         [
-            *tiny(),
-            "data=text",
-            f"data.path={corpus}",
+            *tiny(corpus=corpus),
             "trainer.max_steps=7",
             "trainer.val_check_interval=5",
             "logger=csv",
@@ -337,9 +331,7 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
     result = run_script(
         [
             "-m",
-            *tiny(),
-            "data=text",
-            f"data.path={corpus}",
+            *tiny(corpus=corpus),
             "trainer.max_steps=4",
             "trainer.val_check_interval=2",
             "callbacks=none",
@@ -388,7 +380,7 @@ def test_ddp_spawn_writes_the_workers_metrics(tmp_path: Path, corpus: Path) -> N
 
 @pytest.mark.slow
 def test_printed_resume_command_parses_for_a_run_folder_with_overrides(tmp_path: Path, corpus: Path) -> None:
-    args = [*tiny(), "data=text", f"data.path={corpus}", "trainer.val_check_interval=2", "callbacks=default"]
+    args = [*tiny(corpus=corpus), "trainer.val_check_interval=2", "callbacks=default"]
     first = run_script([*args, "trainer.max_steps=4"], tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
     resume = next(line for line in first.stdout.splitlines() if line.startswith("resume:"))
