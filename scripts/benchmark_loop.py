@@ -1,25 +1,15 @@
-"""Lightning loop vs a hand-written loop, same model and batches (see attention_lab.loop_overhead).
+"""Lightning loop vs a hand-written loop, same model and batches (see `attention_lab.bench.loop`).
 
-python scripts/benchmark_loop.py --repeats 5 --out benchmarks/results/cpu/loop_overhead.json
+    python scripts/benchmark_loop.py --repeats 5
+    python scripts/benchmark_loop.py --repeats 5 --out benchmarks/results/cpu   # replace the committed result
+
+Same as `attention-lab bench loop`. Writes loop_overhead.json to a new folder
+outputs/bench/loop/<date_time>-<suffix>/ ($ATTENTION_LAB_OUTPUTS replaces `outputs`), or to --out.
 """
 
-import argparse
+import sys
 
-from attention_lab.loop_overhead import compare
+from attention_lab.cli.bench import main
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--repeats", type=int, default=5)
-parser.add_argument("--warmup", type=int, default=10)
-parser.add_argument("--steps", type=int, default=60)
-parser.add_argument("--batch-size", type=int, default=16)
-parser.add_argument("--out", default="benchmarks/results/cpu/loop_overhead.json")
-args = parser.parse_args()
-result = compare(args.repeats, args.warmup, args.steps, args.batch_size, args.out)
-for hand, lit, ratio in zip(
-    result["hand_tokens_per_sec"], result["lightning_tokens_per_sec"], result["ratio_per_pair"], strict=True
-):
-    print(f"hand {hand:9,.0f} tok/s   lightning {lit:9,.0f} tok/s   ratio {ratio:.3f}")
-print(
-    f"median ratio {result['median_ratio']:.3f} (median hand {result['median_hand']:,.0f}, "
-    f"lightning {result['median_lightning']:,.0f} tokens/s) -> {args.out}"
-)
+if __name__ == "__main__":
+    sys.exit(main(["loop", *sys.argv[1:]]))

@@ -5,20 +5,13 @@
     python scripts/compare.py outputs/runs/<a> outputs/sweeps/<b> --out comparison --layer 1
 
 Writes report.md, report.csv, report_grouped.csv, val_loss_vs_tokens.png, final_val_loss.png,
-throughput.png and attention_maps.png. Exit code 2 when a path is not a folder or no run is found.
-The logic lives in `attention_lab.compare`; this file only calls it.
+throughput.png and attention_maps.png. Exit status 2 when a path is not a folder or no run is found.
+The command lives in `attention_lab.cli.compare` (`--help` for every option); this file only calls it.
 """
 
-from __future__ import annotations
-
 import sys
-from pathlib import Path
 
-try:
-    from attention_lab.compare import main
-except ImportError:  # not installed: run from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from attention_lab.compare import main
+from attention_lab.cli.compare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,23 +1,12 @@
-"""Train a GPT with the attention variant of your choice.
+"""Train a GPT with the attention variant of your choice (the same as `attention-lab train`).
 
 python scripts/train.py attention=gqa attention.num_kv_heads=1
 python scripts/train.py -m attention=multihead,gqa attention.num_heads=2,4
 """
 
-from pathlib import Path
+import sys
 
-import hydra
-from omegaconf import DictConfig
-
-from attention_lab.train import main as train_main
-
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
-    return train_main(cfg)
-
+from attention_lab.cli.train import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

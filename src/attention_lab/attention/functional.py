@@ -12,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import UserError
 
-class AttentionConfigError(ValueError):
+
+class AttentionConfigError(UserError):
     """A variant was configured with values that cannot work; the message names the fix."""
 
 

@@ -33,6 +33,17 @@ log = logging.getLogger(__name__)
 
 HEADS = {"num_heads": 4, "dropout": 0.1, "qkv_bias": False}
 
+# What each setting means, for the generated conf/attention/*.yaml (one line each).
+KNOB_DOCS = {
+    "num_heads": "must divide model.d_model",
+    "dropout": "on the attention weights, training only",
+    "qkv_bias": "bias in the Q/K/V projections",
+    "causal": "false sees the future: a demonstration of the leak, not a language model",
+    "num_kv_heads": "K/V heads shared by groups of query heads; must divide num_heads",
+    "window": "keys each query sees, itself included (>= context_length: full causal)",
+    "latent_dim": "width of the cached latent that K and V are expanded from",
+}
+
 
 @dataclass(frozen=True)
 class Variant:

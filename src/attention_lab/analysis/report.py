@@ -1,0 +1,71 @@
+"""One comparison from start to end: discover the runs, load them, write the tables and the plots.
+
+This is the whole of what `attention-lab compare` does besides parsing its arguments and printing, so that
+a notebook or a test can make the same report with one call and get back what it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .grouping import differing_knobs, group_by_seed, run_labels, sort_runs
+from .plots import write_plots
+from .runs import OK, STATUS_ORDER, CompareError, Run, discover_runs, load_run, name_runs
+from .tables import write_tables
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass
+class Report:
+    """What a comparison found and wrote."""
+
+    runs: list[Run]  # in table order: best final val loss first, failed runs last
+    knobs: list[str]  # the config keys that differ between the runs
+    written: list[Path]  # tables, then the plots that had something to draw
+
+    def counts(self) -> dict[str, int]:
+        """Runs per status, every status present (0 included), in status order."""
+        return {status: sum(r.status == status for r in self.runs) for status in STATUS_ORDER}
+
+    @property
+    def unfinished(self) -> list[Run]:
+        """The incomplete and failed runs: the ones whose notes a user must read."""
+        return [r for r in self.runs if r.status != OK]
+
+
+def default_out(sources: Sequence[PathLike]) -> Path:
+    """Next to the input: the run or sweep folder given, or the folder holding all of several inputs."""
+    resolved = list(dict.fromkeys(Path(s).resolve() for s in sources))
+    return resolved[0] if len(resolved) == 1 else Path(os.path.commonpath(resolved))
+
+
+def _load(paths: Sequence[PathLike], layer: int) -> list[Run]:
+    run_dirs = discover_runs(paths)
+    if not run_dirs:
+        where = ", ".join(str(p) for p in paths)
+        raise CompareError(
+            f"no run folders (folders with metrics.json or .hydra/) in {where}: "
+            "give the run or sweep folders that training wrote (outputs/runs/<run>, outputs/sweeps/<sweep>)."
+        )
+    runs = [load_run(d, layer) for d in run_dirs]
+    name_runs(runs)
+    return runs
+
+
+def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int = 0) -> Report:
+    """Report on the runs in `paths` into `out` (default: see `default_out`); CompareError for bad paths."""
+    runs = _load(paths, layer)
+    out = Path(out) if out is not None else default_out(paths)
+    if out.exists() and not out.is_dir():
+        raise CompareError(f"output folder {out} is a file: give a folder with --out (it is created if missing).")
+    knobs = differing_knobs(runs)
+    runs = sort_runs(runs)
+    groups = group_by_seed(runs, knobs)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(runs, run_labels(runs, knobs), groups, layer, out)
+    tables = write_tables(runs, knobs, groups, out, plots, [Path(p) for p in paths])
+    return Report(runs, knobs, [*tables.values(), *(p for p in plots.values() if p is not None)])

@@ -1,0 +1,49 @@
+"""`attention-lab train` (and `python scripts/train.py`): train one GPT, or sweep many with `-m`.
+
+Settings are Hydra overrides (`attention=gqa attention.num_kv_heads=1`, `-m attention=multihead,gqa`).
+Exit status: 0 trained; 2 a user's mistake (one message naming the setting; no run folder left behind);
+3 diverged; 130/143 stopped by SIGINT/SIGTERM (a checkpoint and the resume command are recorded);
+1 a programming error (with its traceback).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import hydra
+from omegaconf import DictConfig
+
+from ..errors import USAGE_EXIT
+from ..training.task import main as run_task
+
+_task_started = False  # Hydra exits 1 both for its own config errors and for a crash inside the task
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> float:
+    global _task_started
+    _task_started = True
+    return run_task(cfg)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run Hydra on `argv` (default: the command line) and return the exit status."""
+    global _task_started
+    _task_started = False
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        code = exc.code
+        if code == 1 and not _task_started:
+            return USAGE_EXIT  # Hydra already printed which override or config key is wrong
+        if code is None:
+            return 0
+        return code if isinstance(code, int) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

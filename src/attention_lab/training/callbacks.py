@@ -1,0 +1,185 @@
+"""Callbacks that make runs comparable in TensorBoard: attention maps, text samples, throughput, hparams.
+
+Everything here runs at validation or at logging intervals, never per step: figures are rendered once per
+validation, and device syncs happen only where a number is written.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from ..devices import synchronize
+from ..sampling import generate
+from ..viz import attention_entropy, attention_grid
+from .memory import peak_mb
+
+
+def tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def _label(tokenizer, token_id: int) -> str:
+    return tokenizer.decode([token_id])
+
+
+def encode_known(tokenizer, text: str) -> list[int]:
+    """Encode, dropping characters a char tokenizer never saw in its corpus (a probe must not crash a run)."""
+    chars = getattr(tokenizer, "chars", None)
+    if chars is not None:
+        known = set(chars)
+        text = "".join(ch for ch in text if ch in known)
+    return tokenizer.encode(text)
+
+
+def logging_step(trainer: L.Trainer) -> int:
+    """The step Lightning writes this validation's `val/loss` at, so images and scalars line up in TensorBoard."""
+    loop = trainer.fit_loop.epoch_loop
+    return getattr(loop, "_batches_that_stepped", trainer.global_step)
+
+
+def finite_weights(module: torch.nn.Module) -> bool:
+    """Callbacks draw and sample only from finite weights: a diverged model would crash them with an unrelated
+    error (multinomial on NaN) and hide the real one, which the run guard reports."""
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+class AttentionMaps(L.Callback):
+    """At each validation: one image per layer (heads as panels) of a fixed probe text, and per-head entropy."""
+
+    def __init__(self, probe_text: str, max_tokens: int = 32):
+        self.probe_text, self.max_tokens = probe_text, max_tokens
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not finite_weights(pl_module):
+            return
+        tokenizer = trainer.datamodule.tokenizer
+        model = pl_module.model  # the uncompiled module: the explicit weight path is for the probe only
+        limit = min(self.max_tokens, model.context_length)
+        ids = encode_known(tokenizer, self.probe_text)[:limit]
+        if not ids:
+            return
+        idx = torch.tensor([ids], device=pl_module.device)  # (1, T)
+        with torch.no_grad():
+            _, weights = model(idx, return_weights=True)  # per layer (1, H, T, T)
+        labels = [_label(tokenizer, i) for i in ids]
+        tb, step, scalars = tensorboard(trainer), logging_step(trainer), {}
+        for layer, w in enumerate(weights):
+            w = w[0].float()  # (H, T, T)
+            for head, value in enumerate(attention_entropy(w).tolist()):
+                scalars[f"attention_entropy/layer_{layer}/head_{head}"] = value
+            if tb is not None:
+                image = attention_grid(w.cpu(), labels, title=f"layer {layer} - step {step}")
+                tb.experiment.add_image(f"attention/layer_{layer}", image, step, dataformats="HWC")
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step)
+
+
+class TextSample(L.Callback):
+    """At each validation: one sampled continuation of a fixed prompt, as TensorBoard text."""
+
+    def __init__(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 40, seed: int = 0):
+        self.prompt, self.max_new_tokens = prompt, max_new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.last_text: str | None = None
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero or not finite_weights(pl_module):
+            return
+        tokenizer = trainer.datamodule.tokenizer
+        model = pl_module.model
+        ids = encode_known(tokenizer, self.prompt)[-model.context_length :]
+        if not ids:
+            return
+        # a private generator: sampling must not shift the training run's random stream
+        gen = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        out = generate(
+            model,
+            torch.tensor([ids], device=pl_module.device),
+            self.max_new_tokens,
+            self.temperature,
+            self.top_k,
+            tokenizer.eot_token,
+            generator=gen,
+        )
+        self.last_text = tokenizer.decode(out[0].tolist())
+        tb = tensorboard(trainer)
+        if tb is not None:
+            text = "    " + self.last_text.replace("\n", "\n    ")  # markdown code block: keeps the layout
+            tb.experiment.add_text("samples", text, logging_step(trainer))
+
+
+class Throughput(L.Callback):
+    """tokens/s, step time and peak memory every `log_every_n_steps` batches, validation time excluded.
+
+    Totals (`tokens`, `seconds`) are kept for metrics.json.
+    """
+
+    def __init__(self, log_every_n_steps: int = 50):
+        self.every = max(1, log_every_n_steps)
+        self.tokens = 0
+        self.seconds = 0.0
+        self._interval_tokens = 0
+        self._interval_batches = 0
+        self._start: float | None = None
+
+    def _close_interval(self, pl_module: L.LightningModule) -> tuple[float, int, int]:
+        synchronize(pl_module.device)
+        now = time.perf_counter()
+        elapsed = now - self._start if self._start is not None else 0.0
+        tokens, batches = self._interval_tokens, self._interval_batches
+        self.seconds += elapsed
+        self.tokens += tokens
+        self._interval_tokens = self._interval_batches = 0
+        self._start = now
+        return elapsed, tokens, batches
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        synchronize(pl_module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._interval_tokens += batch[0].numel() * trainer.world_size
+        self._interval_batches += 1
+        if self._interval_batches >= self.every:
+            elapsed, tokens, batches = self._close_interval(pl_module)
+            if elapsed > 0:
+                pl_module.log("throughput/tokens_per_sec", tokens / elapsed, rank_zero_only=True)
+                pl_module.log("time/step_ms", 1000 * elapsed / batches, rank_zero_only=True)
+                pl_module.log("memory/peak_mb", peak_mb(pl_module.device), rank_zero_only=True)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:  # None during the sanity check, before training started
+            self._close_interval(pl_module)  # bank the partial interval; validation time is not training time
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._start is not None:
+            synchronize(pl_module.device)
+            self._start = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._close_interval(pl_module)
+
+    @property
+    def tokens_per_sec(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class HParams(L.Callback):
+    """Fills TensorBoard's HParams tab: the flattened config with a real metric (`hp/val_loss`).
+
+    Lightning's own call logs no metric when `default_hp_metric=False`; this one registers `hp/val_loss`
+    (first value: the loss of a uniform guess, log(vocab)), which validation then keeps updating.
+    """
+
+    def __init__(self, params: dict[str, Any], initial_loss: float):
+        self.params, self.initial_loss = params, initial_loss
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        tb = tensorboard(trainer)
+        if tb is not None and trainer.is_global_zero:
+            tb.log_hyperparams(self.params, {"hp/val_loss": self.initial_loss})

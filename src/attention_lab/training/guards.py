@@ -1,0 +1,126 @@
+"""Stops that leave a record: a signal (SIGINT/SIGTERM) or a non-finite loss ends the run with a checkpoint
+to resume from and an exception the task turns into `metrics.json` and an exit status.
+
+Signals only set a flag; the run stops at the next step boundary, where the weights, the optimizer and the
+data position agree, so the checkpoint written there resumes exactly. A second Ctrl+C stops at once.
+SIGUSR1 (Lightning's SLURM requeue) is left to Lightning.
+
+Divergence is watched without a host sync per step: the loss's finiteness is accumulated on the device and
+read at logging intervals, and every checkpoint save first checks that the weights are finite, so a NaN
+never overwrites the last good `last.ckpt`.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .callbacks import finite_weights
+
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them
+
+
+class RunInterrupted(SystemExit):
+    """A signal stopped the run at a step boundary; `checkpoint` resumes it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(SIGNAL_EXIT.get(signum, 1))
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class RunDiverged(RuntimeError):
+    """The loss (or the weights) became non-finite at `step`."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"{what} at step {step}")
+        self.step, self.what = step, what
+
+
+class SignalFlag:
+    """Handlers for SIGINT and SIGTERM that record the signal instead of raising mid-step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl+C: the user wants out now
+        self.signum = self.signum or signum
+
+    def install(self) -> None:
+        for signum in SIGNAL_EXIT:
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+
+class RunGuard(L.Callback):
+    """Turns a recorded signal or a non-finite loss into a clean stop (see the module docstring)."""
+
+    def __init__(self, flag: SignalFlag, checkpoint_dir: Path, check_every: int = 10) -> None:
+        self.flag, self.checkpoint_dir, self.check_every = flag, checkpoint_dir, max(1, check_every)
+        self._bad: torch.Tensor | None = None  # device-side: has any loss been non-finite since the last check
+        self._saved: Path | None = None
+
+    # --- signals -----------------------------------------------------------------------------------------
+    def _save(self, trainer: L.Trainer) -> Path:
+        path = self.checkpoint_dir / "last.ckpt"
+        trainer.save_checkpoint(path, weights_only=False)  # all ranks take part; rank 0 writes
+        self._saved = path
+        return path
+
+    def _stop_for_signal(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.check_divergence(trainer, pl_module)  # never save a diverged state as "resume from here"
+        path = self._saved or self._save(trainer)
+        raise RunInterrupted(self.flag.signum or signal.SIGTERM, trainer.global_step, path)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            bad = ~torch.isfinite(loss.detach())
+            self._bad = bad if self._bad is None else self._bad | bad
+        if trainer.global_step % self.check_every == 0:
+            self.check_divergence(trainer, pl_module)
+        if self._signalled(trainer):
+            self._stop_for_signal(trainer, pl_module)
+
+    def _signalled(self, trainer: L.Trainer) -> bool:
+        local = self.flag.signum is not None or trainer.received_sigterm
+        if trainer.world_size == 1:
+            return local
+        # every rank must stop at the same step (the checkpoint save is collective): agree at check intervals
+        if trainer.global_step % self.check_every:
+            return False
+        return trainer.strategy.reduce_boolean_decision(local, all=False)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # SIGTERM during validation: Lightning raises there; the weights are at a step boundary, so save
+        if isinstance(exception, SIGTERMException) and self._saved is None and finite_weights(pl_module):
+            self._save(trainer)
+
+    @property
+    def saved(self) -> Path | None:
+        return self._saved
+
+    # --- divergence --------------------------------------------------------------------------------------
+    def check_divergence(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bad is not None and bool(self._bad):  # the one host sync, at logging intervals only
+            raise RunDiverged(trainer.global_step, "the training loss became non-finite (NaN or inf)")
+        self._bad = None
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.check_divergence(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if not finite_weights(pl_module):
+            raise RunDiverged(trainer.global_step, "the weights became non-finite")

@@ -1,0 +1,99 @@
+"""LightningModule around the GPT: loss, AdamW with warmup + cosine, validation loss/perplexity.
+
+The module takes plain dicts (not a built model) and saves them as hyper-parameters, so a checkpoint
+describes itself: `attention-lab generate` rebuilds the exact model from it without Hydra or pickled objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..model import GPT
+from .optim import adamw_param_groups, effective_warmup, lr_lambda
+
+
+class GPTLitModule(L.LightningModule):
+    """The GPT as a LightningModule (named so it is not confused with the LitGPT project)."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        optim: dict[str, Any],
+        tokenizer: dict[str, Any] | None = None,
+        compile: bool = False,
+    ):
+        """model: GPT kwargs (incl. `attention` and `vocab_size`); optim: lr, weight_decay, betas, warmup_steps,
+        min_lr_ratio; tokenizer: the tokenizer's state, kept so a checkpoint can decode its own samples."""
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = GPT(**model)
+        self.compile_model = compile
+        # what forward() calls: the model, or its compiled wrapper (configure_model). Set with object.__setattr__
+        # so it is not registered as a submodule: the checkpoint holds the weights once, under `model.`.
+        object.__setattr__(self, "_forward", self.model)
+
+    def configure_model(self) -> None:
+        if self.compile_model and self._forward is self.model:
+            object.__setattr__(self, "_forward", torch.compile(self.model))
+
+    def forward(self, idx: Tensor) -> Tensor:
+        return self._forward(idx)
+
+    def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch  # (B, T), (B, T)
+        logits = self(x)  # (B, T, vocab)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        loss = self._loss(batch)
+        # Lightning writes these only every `log_every_n_steps`; no host sync is forced here.
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.lr_schedulers().get_last_lr()[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        # running sums on the device: no host sync per batch, and a NaN loss stays visible (no NaN filtering)
+        self._val_sum = torch.zeros((), device=self.device)
+        self._val_count = torch.zeros((), device=self.device)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        n = batch[0].shape[0]
+        self._val_sum += self._loss(batch).detach() * n
+        self._val_count += n
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")  # all ranks' batches
+        count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
+        loss = total / count  # mean over the whole val split
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/ppl", torch.exp(loss))
+        self.log("hp/val_loss", loss)  # the metric of TensorBoard's HParams tab
+
+    def configure_optimizers(self):
+        cfg = self.hparams.optim
+        groups = adamw_param_groups(self.model, cfg["weight_decay"])
+        fused = self.device.type == "cuda"
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
+        total = int(self.trainer.estimated_stepping_batches)
+        factor = lr_lambda(effective_warmup(cfg["warmup_steps"], total), total, cfg["min_lr_ratio"])
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # Resuming continues the same random stream (dropout), so the next losses match an uninterrupted run.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["torch_rng_state"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            checkpoint["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "torch_rng_state" in checkpoint:
+            torch.set_rng_state(checkpoint["torch_rng_state"])
+        if "cuda_rng_state" in checkpoint and torch.cuda.is_available():
+            states = checkpoint["cuda_rng_state"]
+            if len(states) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(states)

@@ -1,0 +1,144 @@
+"""metrics.json: one record per run, whatever the outcome (ok, interrupted, diverged, failed, invalid).
+
+Written by rank 0 where training ran (inside the worker under ddp_spawn), and always through a temporary file
+and a rename, so a reader never sees half a record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from .callbacks import Throughput
+from .memory import PeakMemory
+
+METRICS_FILE = "metrics.json"
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and inf are not JSON: a diverged loss is recorded as null (the status says why)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
+    metrics = _json_safe(metrics)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / METRICS_FILE
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".metrics-", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(metrics, indent=2, sort_keys=True, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def resume_command(overrides: list[str], checkpoint: Path) -> str:
+    """The exact command that resumes a run: its own overrides plus ckpt_path (quoted for Hydra and the shell)."""
+    kept = [shlex.quote(o) for o in overrides if not o.startswith(("ckpt_path=", "hydra."))]
+    # Hydra's grammar rejects the = and , of run folder names unless quoted; the double quotes are the shell's
+    return " ".join(["python", "scripts/train.py", *kept, f"\"ckpt_path='{checkpoint}'\""])
+
+
+class RunSummary(L.Callback):
+    """Collects metrics.json where training ran; rank 0 writes it at the end of fit."""
+
+    def __init__(self, cfg: DictConfig, overrides: list[str], started: float, warmup_steps: int):
+        # resolved here: a spawned worker has no Hydra context to resolve ${hydra:...} paths
+        self.cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        self.overrides, self.started, self.warmup_steps = overrides, started, warmup_steps
+        self.metrics: dict[str, Any] | None = None
+        self.memory: PeakMemory | None = None
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.paths.output_dir)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.memory = PeakMemory(pl_module.device)
+        self.memory.reset()
+
+    def collect(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra: Any) -> dict[str, Any]:
+        def scalar(name: str) -> float | None:
+            value = trainer.callback_metrics.get(name)
+            return None if value is None else float(value)
+
+        cfg = self.cfg
+        checkpoint = trainer.checkpoint_callback
+        best = None if checkpoint is None or checkpoint.best_model_score is None else float(checkpoint.best_model_score)
+        throughput = next((c for c in trainer.callbacks if isinstance(c, Throughput)), None)
+        final = scalar("val/loss") if status == "ok" else None
+        last = self.output_dir / "checkpoints" / "last.ckpt"
+        metrics = {
+            "status": status,
+            "attention": cfg.attention.name,
+            "val_loss": final,
+            "val_ppl": None if final is None else math.exp(final),
+            "last_val_loss": scalar("val/loss"),
+            "best_val_loss": best,
+            "best_val_ppl": None if best is None or not math.isfinite(best) else math.exp(best),
+            "train_loss": scalar("train/loss"),
+            "global_step": trainer.global_step,
+            "max_steps": trainer.max_steps,
+            "warmup_steps_used": self.warmup_steps,
+            "tokens_seen": trainer.global_step
+            * cfg.data.batch_size
+            * cfg.model.context_length
+            * trainer.accumulate_grad_batches
+            * trainer.world_size,
+            "tokens_per_sec": None if throughput is None else throughput.tokens_per_sec,
+            "params": pl_module.model.num_params(),
+            "kv_cache_bytes_per_token": pl_module.model.kv_cache_bytes_per_token(),
+            "peak_memory_mb": None if self.memory is None else self.memory.read(),
+            "peak_memory_source": None if self.memory is None else self.memory.source,
+            "wall_time_sec": time.time() - self.started,
+            "device": str(pl_module.device),
+            "output_dir": str(self.output_dir),
+            "overrides": self.overrides,
+            "checkpoint": str(last) if last.is_file() else None,
+            **extra,
+        }
+        if status != "ok" and metrics["checkpoint"]:
+            metrics["resume"] = resume_command(self.overrides, last)
+        return metrics
+
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra: Any) -> dict[str, Any]:
+        self.metrics = self.collect(trainer, pl_module, status, **extra)
+        if trainer.is_global_zero:
+            write_metrics(self.output_dir, self.metrics)
+        return self.metrics
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.finish(trainer, pl_module, "ok")
+        if trainer.is_global_zero:
+            print_summary(self.cfg, self.metrics)
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    def fmt(value: float | None, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    out = Path(cfg.paths.output_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    extend = f"{resume_command(metrics['overrides'], last)} trainer.max_steps={2 * metrics['max_steps']}"
+    print(
+        f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
+        f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
+        f"{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
+        f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n"
+        f"to train further: {extend}\n",
+        flush=True,
+    )

@@ -1,0 +1,74 @@
+"""What a stopped sweep tells its user: which jobs ran, which did not, and the commands that finish it.
+
+Hydra's basic sweeper runs the jobs of `-m` one after another in one process. When a signal stops job k,
+the sweep must stop too (the user asked it to), but not silently: the job list is rebuilt from the sweep's
+`multirun.yaml` exactly as the sweeper built it, and each job's `metrics.json` says how it ended.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .summary import METRICS_FILE
+
+
+def sweep_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """Every job's overrides, in launch order, or None when the list cannot be rebuilt."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        master = OmegaConf.load(sweep_dir / "multirun.yaml")
+        params = master.hydra.sweeper.get("params") or {}
+        arguments = [f"{key}={value}" for key, value in params.items()] + list(master.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    except Exception:  # a custom sweeper, or a layout we do not know: say so instead of guessing
+        return None
+
+
+def _job_status(sweep_dir: Path, num: int) -> str | None:
+    for folder in sweep_dir.glob(f"{num}_*"):
+        path = folder / METRICS_FILE
+        if path.is_file():
+            return json.loads(path.read_text()).get("status")
+    folder = sweep_dir / str(num)
+    if (folder / METRICS_FILE).is_file():
+        return json.loads((folder / METRICS_FILE).read_text()).get("status")
+    return None
+
+
+def stopped_sweep_report(sweep_dir: Path, stopped_job: int, resume: str | None) -> dict[str, Any]:
+    """The record written to <sweep>/sweep_status.json and printed when a signal stops a sweep."""
+    jobs = sweep_jobs(sweep_dir)
+    report: dict[str, Any] = {"status": "interrupted", "stopped_job": stopped_job, "resume_stopped_job": resume}
+    if jobs is None:
+        report["jobs"] = None
+        report["not_run"] = f"jobs after {stopped_job} (the job list could not be rebuilt from multirun.yaml)"
+        return report
+    report["jobs"] = [
+        {"num": num, "overrides": job, "status": _job_status(sweep_dir, num) if num <= stopped_job else "not run"}
+        for num, job in enumerate(jobs)
+    ]
+    report["continue"] = [shlex.join(["python", "scripts/train.py", *job]) for job in jobs[stopped_job + 1 :]]
+    return report
+
+
+def format_stopped_sweep(report: dict[str, Any], sweep_dir: Path) -> str:
+    lines = [f"sweep stopped by a signal during job {report['stopped_job']} ({sweep_dir}):"]
+    for job in report["jobs"] or []:
+        lines.append(f"  job {job['num']}: {job['status'] or 'no record'}  {' '.join(job['overrides'])}")
+    if report["jobs"] is None:
+        lines.append(f"  not run: {report['not_run']}")
+    if report["resume_stopped_job"]:
+        lines.append(f"resume job {report['stopped_job']}: {report['resume_stopped_job']}")
+    if report.get("continue"):
+        lines.append("then run the jobs that did not start:")
+        lines += [f"  {command}" for command in report["continue"]]
+    lines.append(f"(also in {sweep_dir / 'sweep_status.json'})")
+    return "\n".join(lines)

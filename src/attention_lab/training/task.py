@@ -1,0 +1,272 @@
+"""The Hydra task: validate the config, build data/model/trainer from it, fit, and record how the run ended.
+
+Order matters for the user: every check that can fail cheaply (settings, hardware, paths, the checkpoint)
+runs before the corpus is tokenized, and the corpus is checked before the model is built. Each way a run can
+end leaves `metrics.json` with its `status`:
+- ok: trained to `trainer.max_steps`;
+- interrupted: SIGINT/SIGTERM; a checkpoint at the last finished step and the command that resumes it (exit 130/143);
+- diverged: the loss or the weights went non-finite; the last good checkpoint is kept (exit 3);
+- failed: a programming error, with error.txt (the traceback is printed as well);
+- invalid (sweeps only): a user's mistake in one job; a single run instead prints it and removes its folder (exit 2).
+In a sweep a failed, invalid or diverged job is recorded and the sweep goes on; a signal stops the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+
+from .. import config
+from ..checkpoint import (
+    CheckpointError,
+    PreloadedCheckpointIO,
+    check_same_model,
+    check_same_optim,
+    check_same_tokenizer,
+    checkpoint_step,
+    read_checkpoint,
+)
+from ..errors import USAGE_EXIT, UserError
+from .callbacks import HParams
+from .guards import SIGNAL_EXIT, RunDiverged, RunGuard, RunInterrupted, SignalFlag
+from .lit_module import GPTLitModule
+from .optim import effective_warmup
+from .run_dir import register_resolvers
+from .summary import RunSummary, write_metrics
+from .sweep import format_stopped_sweep, stopped_sweep_report
+
+log = logging.getLogger(__name__)
+DIVERGED_EXIT = 3
+
+register_resolvers()
+
+
+def model_kwargs(cfg: DictConfig, vocab_size: int | None) -> dict[str, Any]:
+    """GPT(**kwargs); vocab_size None leaves it out (a check before the tokenizer exists)."""
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs["attention"] = OmegaConf.to_container(cfg.attention, resolve=True)
+    if vocab_size is not None:
+        kwargs["vocab_size"] = vocab_size
+    return kwargs
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
+    sections = {
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in ("attention", "model", "data", "trainer", "optim", "seed", "compile")
+    }
+    flat = {
+        key: value if isinstance(value, int | float | str | bool) else str(value)
+        for key, value in config.flatten(sections).items()
+    }
+    flat.update({f"params/{key}": value for key, value in module.model.num_params().items()})
+    flat["kv_cache_bytes_per_token"] = module.model.kv_cache_bytes_per_token()
+    return flat
+
+
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig) -> None:
+    """Everything about a resume that can be checked before the data is read."""
+    path = cfg.ckpt_path
+    check_same_model(checkpoint, model_kwargs(cfg, None), path)
+    check_same_optim(checkpoint, OmegaConf.to_container(cfg.optim, resolve=True), path)
+    step, max_steps = checkpoint_step(checkpoint), cfg.trainer.max_steps
+    if step >= max_steps:
+        raise CheckpointError(
+            f"ckpt_path={path} is a finished run: it stopped at step {step} and trainer.max_steps={max_steps}, so "
+            f"there is nothing left to train. To train further, raise trainer.max_steps (e.g. "
+            f"trainer.max_steps={2 * max(step, 1)}) with the same ckpt_path; the cosine schedule then stretches "
+            "to the new total."
+        )
+
+
+class ValidateAtLastStep(L.Callback):
+    """Validate (and so checkpoint) at the last step even when it is not a multiple of val_check_interval,
+    so metrics.json, last.ckpt and best.ckpt all describe the final weights. `should_stop` is Lightning's
+    own way to ask for a validation before stopping; every rank computes the same condition."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if 0 < trainer.max_steps <= trainer.global_step:
+            trainer.should_stop = True
+
+
+def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
+    started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
+    config.validate(cfg, multirun)
+    checkpoint = None
+    if cfg.ckpt_path is not None:
+        checkpoint = read_checkpoint(cfg.ckpt_path)  # the one read of the file, weights_only=True
+        check_resumable(checkpoint, cfg)
+    warmup = effective_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
+    if warmup != cfg.optim.warmup_steps:
+        log.warning(
+            "optim.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps instead (a tenth of the run)",
+            cfg.optim.warmup_steps,
+            cfg.trainer.max_steps,
+            warmup,
+        )
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # raises before the model exists if the corpus is shorter than the context
+    model = model_kwargs(cfg, datamodule.vocab_size)
+    if checkpoint is not None:
+        check_same_model(checkpoint, model, cfg.ckpt_path)
+        check_same_tokenizer(checkpoint, datamodule.tokenizer.state(), cfg.ckpt_path)
+    module = GPTLitModule(
+        model=model,
+        optim=OmegaConf.to_container(cfg.optim, resolve=True),
+        tokenizer=datamodule.tokenizer.state(),
+        compile=cfg.compile,
+    )
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    flag = SignalFlag()
+    guard = RunGuard(flag, output_dir / "checkpoints", check_every=cfg.trainer.log_every_n_steps)
+    summary = RunSummary(cfg, _overrides(), started, warmup)
+    callbacks += [
+        HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
+        guard,
+        ValidateAtLastStep(),
+        summary,
+    ]
+    loggers = _instantiate_group(cfg.get("logger"))
+    plugins = [PreloadedCheckpointIO(cfg.ckpt_path, checkpoint)] if checkpoint is not None else []
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+
+    flag.install()
+    try:
+        with warnings.catch_warnings():
+            if trainer.world_size == 1:
+                # Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes
+                # through EpochShuffleSampler (order fixed by seed and epoch, trained batches skipped), tested for
+                # equal losses. Under DDP that skip is not applied, so the warning stays.
+                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    except RunInterrupted as stop:
+        summary.finish(trainer, module, "interrupted", signal=stop.signum, stopped_at_step=stop.step)
+        raise
+    except (SIGTERMException, KeyboardInterrupt) as exc:  # a signal outside a step boundary (e.g. during validation)
+        signum = flag.signum or (15 if isinstance(exc, SIGTERMException) else 2)
+        summary.finish(trainer, module, "interrupted", signal=signum, stopped_at_step=trainer.global_step)
+        raise RunInterrupted(signum, trainer.global_step, guard.saved) from exc
+    except RunDiverged as exc:
+        summary.finish(
+            trainer,
+            module,
+            "diverged",
+            diverged_at_step=exc.step,
+            error=str(exc),
+            fix="lower optim.lr (or raise optim.warmup_steps) and start a new run; checkpoint is the last good one",
+        )
+        raise
+    finally:
+        flag.restore()
+
+    if summary.metrics is None:  # ddp_spawn: the summary was written by rank 0 of the spawned workers
+        return json.loads((output_dir / "metrics.json").read_text())
+    return summary.metrics
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _record(out: Path, status: str, cfg: DictConfig, exc: BaseException) -> None:
+    if _is_rank_zero():
+        write_metrics(
+            out,
+            {
+                "status": status,
+                "attention": cfg.attention.get("name"),
+                "overrides": _overrides(),
+                "error": f"{type(exc).__name__}: {exc}",
+            },
+        )
+        (out / "error.txt").write_text(traceback.format_exc())
+
+
+def _remove_new_run_folder(out: Path) -> None:
+    """A single run that failed on a user's mistake leaves no half-made folder (only what Hydra put there)."""
+    if out.is_dir() and not (out / "checkpoints").exists() and not (out / "metrics.json").exists():
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _stop_sweep(out: Path, stop: RunInterrupted) -> None:
+    hydra = HydraConfig.get()
+    sweep_dir = Path(hydra.sweep.dir)
+    resume = None
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        resume = json.loads(metrics.read_text()).get("resume")
+    report = stopped_sweep_report(sweep_dir, int(hydra.job.num), resume)
+    (sweep_dir / "sweep_status.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(format_stopped_sweep(report, sweep_dir), file=sys.stderr, flush=True)
+
+
+def main(cfg: DictConfig) -> float:
+    """Hydra entry: returns the final val loss, the metric a sweeper optimises."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    out = Path(cfg.paths.output_dir)
+    try:
+        return train(cfg, multirun)["val_loss"] or float("inf")
+    except UserError as err:
+        if not multirun:
+            _remove_new_run_folder(out)
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(USAGE_EXIT) from None
+        _record(out, "invalid", cfg, err)
+        log.error("job has an invalid setting, the sweep goes on: %s", err)
+    except RunInterrupted as stop:
+        name = {v: k for k, v in SIGNAL_EXIT.items()}.get(stop.code, "a signal")
+        resume = (
+            json.loads((out / "metrics.json").read_text()).get("resume") if (out / "metrics.json").is_file() else None
+        )
+        print(f"\nstopped by {getattr(name, 'name', name)} at step {stop.step}: {out}", file=sys.stderr)
+        if resume:
+            print(f"resume: {resume}", file=sys.stderr, flush=True)
+        if multirun:
+            _stop_sweep(out, stop)
+        raise
+    except RunDiverged as exc:
+        print(
+            f"\ndiverged: {exc}. Lower optim.lr and start a new run; last good checkpoint kept in {out}",
+            file=sys.stderr,
+        )
+        if not multirun:
+            raise SystemExit(DIVERGED_EXIT) from None
+    except Exception as exc:
+        _record(out, "failed", cfg, exc)
+        if not multirun:
+            raise
+        log.error("job failed, the sweep goes on: %s: %s (see %s/error.txt)", type(exc).__name__, exc, out)
+    return float("inf")

@@ -1,0 +1,127 @@
+"""Fake run folders for the analysis tests: the files a run writes, made by hand, so no training is needed.
+
+Each fake run has what training and Hydra leave behind: metrics.json, .hydra/config.yaml (with the
+interpolations and per-run paths a real one has) and a TensorBoard event file with `val/loss` scalars and an
+`attention/layer_0` image. Failed, incomplete and event-less runs are made by leaving files out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from attention_lab.analysis.runs import FAILED, OK
+from attention_lab.analysis.tables import RUN_COLUMNS_AFTER, RUN_COLUMNS_BEFORE
+
+BATCH, CONTEXT = 4, 16
+TOKENS_PER_STEP = BATCH * CONTEXT
+FAILED_ERROR = "ConfigError: attention.num_kv_heads=3 must divide attention.num_heads=4"
+PLOTS = ("val_loss_vs_tokens.png", "final_val_loss.png", "throughput.png", "attention_maps.png")
+
+
+def make_config(run_dir: Path, attention: dict[str, Any], seed: int) -> dict[str, Any]:
+    """A config.yaml like Hydra's: interpolations left in, per-run output paths that must not count as knobs."""
+    return {
+        "attention": attention,
+        "model": {"context_length": CONTEXT, "d_model": 32, "n_layers": 2, "emb_dropout": 0.1, "tie_weights": True},
+        "data": {
+            "_target_": "attention_lab.data.TextDataModule",
+            "path": None,
+            "tokenizer": "char",
+            "context_length": "${model.context_length}",
+            "batch_size": BATCH,
+            "cache_dir": "${paths.cache_dir}",
+            "seed": "${seed}",
+        },
+        "trainer": {"max_steps": 150, "devices": 1, "accumulate_grad_batches": 1, "default_root_dir": str(run_dir)},
+        "paths": {
+            "output_dir": "${hydra:runtime.output_dir}",
+            "cache_dir": ".cache",
+            "log_dir": str(run_dir.parent),
+            "work_dir": str(run_dir),
+        },
+        "seed": seed,
+        "optim": {"lr": 3e-3, "betas": [0.9, 0.95]},
+    }
+
+
+def make_run(
+    root: Path,
+    name: str,
+    attention: dict[str, Any],
+    *,
+    seed: int = 1337,
+    curve: tuple[tuple[int, float], ...] = ((49, 3.0), (99, 2.6), (149, 2.3)),
+    tokens_per_sec: float = 1000.0,
+    status: str = OK,
+    events: bool = True,
+    metrics: bool = True,
+    image_value: int = 0,
+) -> Path:
+    """One run folder; the final val loss is the curve's last point, as in a real run."""
+    run_dir = root / name
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(make_config(run_dir, attention, seed)), run_dir / ".hydra" / "config.yaml")
+    overrides = [f"attention={attention['name']}", f"seed={seed}"]
+    if metrics and status == FAILED:
+        payload: dict[str, Any] = {
+            "status": FAILED,
+            "attention": attention["name"],
+            "overrides": overrides,
+            "error": FAILED_ERROR,
+        }
+        (run_dir / "error.txt").write_text("Traceback ...\n")
+    else:
+        steps = curve[-1][0] + 1
+        final, best = curve[-1][1], min(v for _, v in curve)
+        payload = {
+            "status": OK,
+            "attention": attention["name"],
+            "overrides": overrides,
+            "val_loss": final,
+            "val_ppl": math.exp(final),
+            "best_val_loss": best,
+            "best_val_ppl": math.exp(best),
+            "train_loss": final + 0.1,
+            "global_step": steps,
+            "tokens_seen": steps * TOKENS_PER_STEP,
+            "tokens_per_sec": tokens_per_sec,
+            "params": {"total": 5000, "attention": 1000, "non_embedding": 4000},
+            "kv_cache_bytes_per_token": 512,
+            "peak_memory_mb": 300.0,
+            "wall_time_sec": 12.5,
+            "device": "cpu",
+            "output_dir": str(run_dir),
+        }
+    if metrics:
+        (run_dir / "metrics.json").write_text(json.dumps(payload))
+    if events and status != FAILED:
+        writer = SummaryWriter(log_dir=str(run_dir))
+        for step, value in curve:
+            writer.add_scalar("val/loss", value, step)
+        image = np.full((20, 36, 3), image_value, dtype=np.uint8)
+        image[:, : 18 + image_value % 18] = 200  # not a flat image, so a decoding mistake would show
+        writer.add_image("attention/layer_0", image, curve[-1][0] + 1, dataformats="HWC")
+        writer.close()
+    return run_dir
+
+
+MULTIHEAD = {"name": "multihead", "num_heads": 4, "dropout": 0.1}
+GQA = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 2}
+GQA_BAD = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 3}
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+KNOWN_COLUMNS = {*RUN_COLUMNS_BEFORE, *RUN_COLUMNS_AFTER}  # everything that is not a knob column

@@ -1,0 +1,89 @@
+"""Helpers shared by test modules (imported as `from tests.helpers import ...`; fixtures stay in conftest.py).
+
+Checkpoints here are written without training: a seeded random GPT saved in the layout GPTLitModule's
+checkpoints have (`state_dict` with `model.<name>` keys, `hyper_parameters` with the GPT's kwargs, the optimizer
+settings and the tokenizer's state). Loading needs nothing more, and training would cost seconds per module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from attention_lab.data import CharTokenizer, Tokenizer
+from attention_lab.model import GPT
+
+# Every character a test prompt uses ("The " is the CLI's default prompt); no newline, so a sample prints as one line.
+CORPUS = "The quick brown fox jumps over the lazy dog, said the attention head: #1."
+CHECKPOINT_MODEL: dict[str, Any] = {  # GPT kwargs without vocab_size (that comes from the tokenizer)
+    "context_length": 16,
+    "d_model": 32,
+    "n_layers": 2,
+    "attention": {"name": "gqa", "num_heads": 4, "num_kv_heads": 2, "dropout": 0.0, "qkv_bias": False},
+    "emb_dropout": 0.0,
+    "resid_dropout": 0.0,
+}
+OPTIM: dict[str, Any] = {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.95], "warmup_steps": 1, "min_lr_ratio": 0.1}
+
+
+@contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: the tensors are tiny, and on the shared 2-core machine a second OpenMP thread that
+    waits for a busy core turns a 20 ms generation into seconds (measured: 0.02 s vs 4.4 s under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def corpus_tokenizer() -> CharTokenizer:
+    return CharTokenizer.from_text(CORPUS)
+
+
+def checkpoint_model_kwargs(tokenizer: Tokenizer) -> dict[str, Any]:
+    return {**CHECKPOINT_MODEL, "vocab_size": tokenizer.vocab_size}
+
+
+def random_gpt(kwargs: dict[str, Any], seed: int = 0) -> GPT:
+    """A GPT with seeded random weights, without moving the caller's random stream."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GPT(**kwargs).eval()
+
+
+def write_checkpoint(path: Path, model: GPT, kwargs: dict[str, Any], tokenizer: Tokenizer) -> Path:
+    """Save `model` as a GPTLitModule checkpoint would hold it (only the keys loading reads)."""
+    checkpoint = {
+        "state_dict": {f"model.{name}": tensor for name, tensor in model.state_dict().items()},
+        "hyper_parameters": {"model": kwargs, "optim": OPTIM, "tokenizer": tokenizer.state(), "compile": False},
+        "global_step": 1,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def touch_marker(path: str) -> None:
+    """What the malicious checkpoint's payload does when unpickled: leave evidence that code ran."""
+    Path(path).write_text("a checkpoint load ran code\n")
+
+
+class CodeOnUnpickle:
+    """An object whose unpickling calls `touch_marker(marker)`: pickle runs what `__reduce__` returns."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return touch_marker, (str(self.marker),)
+
+
+def write_malicious_checkpoint(path: Path, marker: Path) -> Path:
+    """A checkpoint-shaped file (state_dict, hyper_parameters) with the code-running object inside."""
+    torch.save({"state_dict": {}, "hyper_parameters": {"payload": CodeOnUnpickle(marker)}}, path)
+    return path
