@@ -12,38 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from attention_lab.attention import build_attention, get_variant
+from attention_lab.attention import build_attention
 from attention_lab.model import GPT
-
-D_MODEL = 32
-CONTEXT_LENGTH = 16
-NUM_HEADS = 4
-BATCH = 2
-SEQ = 12
-
-# Knobs that make the generic tests exercise what a variant is about (the defaults would hide it: the
-# default window of 32 is wider than every sequence here, so the band would never cut anything).
-TEST_KNOBS: dict[str, dict[str, Any]] = {
-    "sliding_window": {"window": 5},
-    "latent": {"latent_dim": 16},
-}
-
-
-def attention_knobs(name: str, **overrides: Any) -> dict[str, Any]:
-    """Test knobs for `name`: dropout 0 and NUM_HEADS heads where the variant has those knobs."""
-    defaults = get_variant(name).knobs
-    knobs: dict[str, Any] = dict(TEST_KNOBS.get(name, {}))
-    if "dropout" in defaults:
-        knobs["dropout"] = 0.0
-    if "num_heads" in defaults:
-        knobs["num_heads"] = NUM_HEADS
-    knobs.update(overrides)
-    return knobs
-
-
-def expected_heads(name: str, **overrides: Any) -> int:
-    """Number of weight maps a variant returns: its num_heads, or 1 for the single-head variants."""
-    return attention_knobs(name, **overrides).get("num_heads", 1)
+from tests.helpers import CONTEXT_LENGTH, D_MODEL, attention_knobs
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from attention_lab.attention import available, count_params
 from attention_lab.model import GPT, KVCache
-from conftest import BATCH, CONTEXT_LENGTH, D_MODEL, attention_knobs, expected_heads
+from tests.helpers import BATCH, CONTEXT_LENGTH, D_MODEL, attention_knobs, expected_heads
 
 ALL = available()
 VOCAB = 50

@@ -24,7 +24,7 @@ from attention_lab.attention import (
     build_attention,
     get_variant,
 )
-from conftest import BATCH, CONTEXT_LENGTH, D_MODEL, NUM_HEADS, SEQ, expected_heads
+from tests.helpers import BATCH, CONTEXT_LENGTH, D_MODEL, NUM_HEADS, SEQ, expected_heads
 
 ALL = available()
 WITH_DROPOUT = [name for name in ALL if "dropout" in get_variant(name).knobs]
