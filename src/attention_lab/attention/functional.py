@@ -85,14 +85,6 @@ def attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None, scale: float
     return torch.softmax(scores, dim=-1)
 
 
-def explicit_attention(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout: torch.nn.Module
-) -> tuple[Tensor, Tensor]:
-    """Materialised attention: returns (context (B, H, Tq, hd), weights (B, H, Tq, Tk) pre-dropout)."""
-    weights = attention_weights(q, k, allowed)
-    return dropout(weights) @ v, weights
-
-
 def sdpa_attention(
     q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout_p: float, enable_gqa: bool = False
 ) -> Tensor:

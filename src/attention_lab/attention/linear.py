@@ -25,6 +25,8 @@ def feature_map(x: Tensor) -> Tensor:
 
 
 class LinearAttention(HeadedAttention):
+    kernel = "linear"  # chunked prefix sums of phi(q) phi(k)^T: no (T, T) matrix in training
+
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
         if return_weights and cache is not None:
             raise ValueError(
