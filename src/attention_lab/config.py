@@ -183,7 +183,9 @@ def _check_attention(cfg: DictConfig) -> None:
     for key, value in settings.items():
         rule = ATTENTION_RULES[key]
         if key == "window":  # the advice depends on the real context length
-            rule = Rule(rule.kinds, rule.check, f"{rule.expect}; >= model.context_length={context} is plain causal", "32")
+            rule = Rule(
+                rule.kinds, rule.check, f"{rule.expect}; >= model.context_length={context} is plain causal", "32"
+            )
         check_value(f"attention.{key}", value, rule)
     window = settings.get("window")
     if window is not None and window >= context:

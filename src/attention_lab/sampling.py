@@ -15,7 +15,6 @@ from torch import Tensor
 from .model import GPT, KVCache
 
 
-
 def sample_next(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None) -> Tensor:
     """logits (B, vocab) -> next ids (B, 1). temperature 0 is greedy; top-k is applied before temperature."""
     if top_k is not None and top_k > 0:
@@ -59,5 +58,3 @@ def generate(
             break
     model.train(was_training)
     return idx
-
-

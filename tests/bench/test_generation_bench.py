@@ -78,7 +78,7 @@ def test_compare_cache_fails_when_the_cache_path_is_wrong(monkeypatch: pytest.Mo
         return logits
 
     monkeypatch.setattr(model, "forward", broken_cache)
-    with pytest.raises(GenerationError, match=r"differ \(first at position \d+\).*use_cache=false"):
+    with pytest.raises(GenerationError, match=r"differ \(first at position \d+\).*--no-cache"):
         compare_cache(model, prompt(), 10)
     assert issubclass(GenerationError, UserError)  # the generate command reports it in one line
 

@@ -60,8 +60,8 @@ def compare_cache(
     if not torch.equal(cached.tokens, uncached.tokens):
         raise GenerationError(
             f"greedy tokens with and without the KV cache differ ({_first_difference(cached.tokens, uncached.tokens)})"
-            f": the cache path of {type(model.blocks[0].attn).__name__} is wrong; run tests/test_generate.py, and "
-            "generate with use_cache=false meanwhile."
+            f": the cache path of {type(model.blocks[0].attn).__name__} is wrong; run tests/test_sampling.py, and "
+            "generate with --no-cache meanwhile."
         )
     return cached, uncached
 

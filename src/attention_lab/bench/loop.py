@@ -25,7 +25,7 @@ from ..data import TextDataModule
 from ..errors import UserError
 from ..training.callbacks import Throughput
 from ..training.lit_module import GPTLitModule
-from ..training.optim import adamw_param_groups, lr_lambda
+from ..training.optim import adamw_param_groups, effective_warmup, lr_lambda
 from .machine import describe_machine, finish_machine
 from .timing import round_robin
 
@@ -70,9 +70,9 @@ def hand_loop(dm: TextDataModule, warmup: int, steps: int, seed: int = 0) -> flo
     optimizer = torch.optim.AdamW(
         adamw_param_groups(model, OPTIM["weight_decay"]), lr=OPTIM["lr"], betas=tuple(OPTIM["betas"])
     )
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(OPTIM["warmup_steps"], warmup + steps, OPTIM["min_lr_ratio"])
-    )
+    total = warmup + steps  # the schedule GPTLitModule.configure_optimizers builds for a run of this length
+    factor = lr_lambda(effective_warmup(OPTIM["warmup_steps"], total), total, OPTIM["min_lr_ratio"])
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     batches = iter(dm.train_dataloader())
     start, tokens = 0.0, 0
     for step in range(warmup + steps):
