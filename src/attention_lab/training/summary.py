@@ -46,9 +46,15 @@ def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def resume_command(overrides: list[str], checkpoint: Path) -> str:
-    """The exact command that resumes a run: its own overrides plus ckpt_path (quoted for Hydra and the shell)."""
-    kept = [shlex.quote(o) for o in overrides if not o.startswith(("ckpt_path=", "hydra."))]
+def resume_command(overrides: list[str], checkpoint: Path, **replace: Any) -> str:
+    """The exact command that resumes a run: its own overrides (with `replace`d values) plus ckpt_path."""
+    replaced = {key.replace("__", "."): value for key, value in replace.items()}
+    kept = [
+        shlex.quote(o)
+        for o in overrides
+        if not o.startswith(("ckpt_path=", "hydra.")) and o.split("=", 1)[0].lstrip("+~") not in replaced
+    ]
+    kept += [shlex.quote(f"{key}={value}") for key, value in replaced.items()]
     # Hydra's grammar rejects the = and , of run folder names unless quoted; the double quotes are the shell's
     return " ".join(["python", "scripts/train.py", *kept, f"\"ckpt_path='{checkpoint}'\""])
 
@@ -133,7 +139,7 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
 
     out = Path(cfg.paths.output_dir)
     last = out / "checkpoints" / "last.ckpt"
-    extend = f"{resume_command(metrics['overrides'], last)} trainer.max_steps={2 * metrics['max_steps']}"
+    extend = resume_command(metrics["overrides"], last, trainer__max_steps=2 * metrics["max_steps"])
     print(
         f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
         f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
