@@ -16,12 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
 
 from ..attention import available
 from ..bench.attention import DEFAULT_LENGTHS, DTYPES, GPU_LENGTHS, BenchConfig, run_benchmark
@@ -29,7 +27,7 @@ from ..bench.generation import GenerationBenchmark, benchmark_generation, format
 from ..bench.results import check_out, output_dir, write_json, write_results
 from ..devices import resolve_device
 from ..errors import UserError
-from .common import run_command
+from .common import OneLineParser, run_command
 
 SUMMARY = {
     "attention": "time and memory of every attention module against T",
@@ -39,17 +37,6 @@ SUMMARY = {
 KINDS = tuple(SUMMARY)
 GENERATION_FILE = "generation.json"
 LOOP_FILE = "loop_overhead.json"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UserError instead of printing usage and exiting, so every mistake is one line."""
-
-    def error(self, message: str) -> NoReturn:
-        # "argument --repeats: must be >= 1, got 0" -> "--repeats: must be >= 1, got 0" (the style of `generate`)
-        match = re.fullmatch(r"argument (\S+): (.*)", message, flags=re.DOTALL)
-        if match:
-            message = "{}: {}".format(*match.groups())
-        raise UserError(f"{message} (see {self.prog} --help)")
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -87,7 +74,7 @@ def _common(p: argparse.ArgumentParser, repeats: int, warmup: int, out_default: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="attention-lab bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{" + ",".join(KINDS) + "}")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from ..errors import USAGE_EXIT, UserError
 
@@ -20,3 +23,17 @@ def run_command(command: Callable[[Sequence[str] | None], int], argv: Sequence[s
         return command(argv)
     except UserError as err:
         return report_user_error(err)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that raises UserError instead of printing the usage and exiting: every mistake is one line,
+    and `run_command` turns it into exit status 2 like any other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        # "argument --top-k: --top-k must be ..." -> "--top-k must be ..." (our type functions name the flag)
+        match = re.fullmatch(r"argument (\S+): (.*)", message, flags=re.DOTALL)
+        if match and match[2].startswith(match[1]):
+            raise UserError(match[2])
+        if match:
+            message = f"{match[1]}: {match[2]}"
+        raise UserError(f"{message} (see {self.prog} --help)")

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,26 +33,13 @@ from ..checkpoint import load_model
 from ..data import Tokenizer
 from ..devices import resolve_device
 from ..errors import UserError
-from .common import run_command
+from .common import OneLineParser, run_command
 
 PROG = "attention-lab generate"
 
 
 class UsageError(UserError):
     """The command line itself is malformed: an unknown or missing flag, or a value of the wrong kind."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError instead of printing the usage and exiting: every mistake is one line."""
-
-    def error(self, message: str) -> NoReturn:
-        # "argument --top-k: --top-k must be ..." -> "--top-k must be ..." (our type functions name the flag)
-        match = re.fullmatch(r"argument (\S+): (.*)", message, flags=re.DOTALL)
-        if match and match[2].startswith(match[1]):
-            raise UsageError(match[2])
-        if match:
-            message = f"{match[1]}: {match[2]}"
-        raise UsageError(f"{message} (see {self.prog} --help)")
 
 
 # ------------------------------------------------------------------------------------------------ parsing
@@ -98,7 +84,7 @@ def _checkpoint_file(text: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog=PROG,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
