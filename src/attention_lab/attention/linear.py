@@ -70,6 +70,3 @@ class LinearAttention(HeadedAttention):
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return 0  # constant-size state: num_heads * hd * (hd + 1) elements, whatever the length
-
-    def kv_state_bytes(self, bytes_per_element: int = 4) -> int:
-        return self.num_heads * self.head_dim * (self.head_dim + 1) * bytes_per_element
