@@ -7,7 +7,9 @@ SIGUSR1 (Lightning's SLURM requeue) is left to Lightning.
 
 Divergence is watched without a host sync per step: the loss's finiteness is accumulated on the device and
 read at logging intervals, and every checkpoint save first checks that the weights are finite, so a NaN
-never overwrites the last good `last.ckpt`.
+never overwrites the last good `last.ckpt`. The validation loss is checked once per validation, before any
+other callback sees the model (the guard is the first callback): finite weights can still overflow to a NaN
+loss, and sampling text from such a model would crash with an unrelated error.
 """
 
 from __future__ import annotations
@@ -41,6 +43,16 @@ class RunDiverged(RuntimeError):
         self.step, self.what = step, what
 
 
+class StopNow(SystemExit):
+    """A second Ctrl+C: stop at once, not at the next step boundary. Deliberately not a KeyboardInterrupt:
+    Lightning catches those inside fit and calls sys.exit(1), which would lose the exit status (130) and the
+    run's record; any other exception passes through Lightning to the task, which records the stop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(SIGNAL_EXIT.get(signum, 1))
+        self.signum = signum
+
+
 class SignalFlag:
     """Handlers for SIGINT and SIGTERM that record the signal instead of raising mid-step."""
 
@@ -50,7 +62,7 @@ class SignalFlag:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl+C: the user wants out now
+            raise StopNow(signum)  # a second Ctrl+C: the user wants out now
         self.signum = self.signum or signum
 
     def install(self) -> None:
@@ -69,6 +81,7 @@ class RunGuard(L.Callback):
     def __init__(self, flag: SignalFlag, checkpoint_dir: Path, check_every: int = 10) -> None:
         self.flag, self.checkpoint_dir, self.check_every = flag, checkpoint_dir, max(1, check_every)
         self._bad: torch.Tensor | None = None  # device-side: has any loss been non-finite since the last check
+        self._bad_val: torch.Tensor | None = None  # the same for this validation's batch losses
         self._saved: Path | None = None
 
     # --- signals -----------------------------------------------------------------------------------------
@@ -121,6 +134,34 @@ class RunGuard(L.Callback):
         if not trainer.sanity_checking:
             self.check_divergence(trainer, pl_module)
 
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and isinstance(outputs, torch.Tensor):  # validation_step returns its loss
+            bad = ~torch.isfinite(outputs.detach())
+            self._bad_val = bad if self._bad_val is None else self._bad_val | bad
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        bad, self._bad_val = self._bad_val, None
+        if trainer.sanity_checking or bad is None:
+            return
+        # one host sync per validation; every rank takes the same decision (a NaN on one rank's batches stops all)
+        if trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            raise RunDiverged(trainer.global_step, "the validation loss became non-finite (NaN or inf)")
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if not finite_weights(pl_module):
             raise RunDiverged(trainer.global_step, "the weights became non-finite")
+
+
+class LastCheckpoint(L.Callback):
+    """Rewrites `path` (a run's last.ckpt) at the end of every validation, in place of a ModelCheckpoint's
+    `save_last`: Lightning 2.6 rewrites last.ckpt only when the same ModelCheckpoint also wrote a top-k checkpoint
+    at that step, i.e. only when the monitored loss improved. last.ckpt would then lag behind the run, and a resume
+    or an extension ("to train further") would silently start from an older step. RunGuard's on_save_checkpoint
+    still refuses non-finite weights."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)  # all ranks take part; rank 0 writes

@@ -61,10 +61,12 @@ class GPTLitModule(L.LightningModule):
         self._val_sum = torch.zeros((), device=self.device)
         self._val_count = torch.zeros((), device=self.device)
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         n = batch[0].shape[0]
-        self._val_sum += self._loss(batch).detach() * n
+        loss = self._loss(batch).detach()
+        self._val_sum += loss * n
         self._val_count += n
+        return loss  # RunGuard checks its finiteness (on the device) before any callback samples from the model
 
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")  # all ranks' batches

@@ -35,6 +35,14 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), None for a missing or non-finite loss; inf (written as null) where exp overflows: a loss of
+    1e4 is finite but its perplexity is not a float, and math.exp would raise OverflowError."""
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(loss) if loss < 709.0 else math.inf
+
+
 def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
     metrics = _json_safe(metrics)
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,10 +100,10 @@ class RunSummary(L.Callback):
             "status": status,
             "attention": cfg.attention.name,
             "val_loss": final,
-            "val_ppl": None if final is None else math.exp(final),
+            "val_ppl": perplexity(final),
             "last_val_loss": scalar("val/loss"),
             "best_val_loss": best,
-            "best_val_ppl": None if best is None or not math.isfinite(best) else math.exp(best),
+            "best_val_ppl": perplexity(best),
             "train_loss": scalar("train/loss"),
             "global_step": trainer.global_step,
             "max_steps": trainer.max_steps,

@@ -29,7 +29,7 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -45,7 +45,7 @@ from ..checkpoint import (
 )
 from ..errors import USAGE_EXIT, UserError
 from .callbacks import HParams
-from .guards import SIGNAL_EXIT, RunDiverged, RunGuard, RunInterrupted, SignalFlag
+from .guards import SIGNAL_EXIT, LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
 from .run_dir import register_resolvers
@@ -71,6 +71,28 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
     if not group:
         return []
     return [instantiate(node) for node in group.values() if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def _configured_plugins(trainer_cfg: DictConfig) -> list[Any]:
+    """`trainer.plugins` as a list of objects. The task passes its own plugins as a keyword, which would
+    otherwise replace the configured ones (e.g. a SLURMEnvironment with its requeue signal) instead of adding."""
+    configured = trainer_cfg.get("plugins")
+    if configured is None:
+        return []
+    items = list(configured) if OmegaConf.is_list(configured) else [configured]
+    return [instantiate(item) if OmegaConf.is_config(item) else item for item in items]
+
+
+def _take_over_save_last(callbacks: list[Any]) -> list[LastCheckpoint]:
+    """Every ModelCheckpoint's `save_last=True` becomes a LastCheckpoint that rewrites last.ckpt at each validation
+    (see LastCheckpoint: Lightning 2.6 would rewrite it only when the val loss improved)."""
+    savers = []
+    for callback in callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.save_last is True and callback.dirpath is not None:
+            callback.save_last = False  # one writer of last.ckpt, not two on the validations that improve
+            name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
+            savers.append(LastCheckpoint(Path(callback.dirpath) / name))
+    return savers
 
 
 def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
@@ -153,14 +175,19 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     flag = SignalFlag()
     guard = RunGuard(flag, output_dir / "checkpoints", check_every=cfg.trainer.log_every_n_steps)
     summary = RunSummary(cfg, _overrides(), started, warmup)
-    callbacks += [
-        HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
+    # the guard first: its validation-loss check must run before the configured callbacks sample from the model
+    callbacks = [
         guard,
+        *callbacks,
+        *_take_over_save_last(callbacks),
+        HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
         ValidateAtLastStep(),
         summary,
     ]
     loggers = _instantiate_group(cfg.get("logger"))
-    plugins = [PreloadedCheckpointIO(cfg.ckpt_path, checkpoint)] if checkpoint is not None else []
+    plugins = _configured_plugins(cfg.trainer)  # e.g. SLURMEnvironment(auto_requeue=...): kept, not replaced
+    if checkpoint is not None:
+        plugins.append(PreloadedCheckpointIO(cfg.ckpt_path, checkpoint))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
     flag.install()
@@ -175,7 +202,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     except RunInterrupted as stop:
         summary.finish(trainer, module, "interrupted", signal=stop.signum, stopped_at_step=stop.step)
         raise
-    except (SIGTERMException, KeyboardInterrupt) as exc:  # a signal outside a step boundary (e.g. during validation)
+    except (SIGTERMException, KeyboardInterrupt, StopNow) as exc:  # a signal off a step boundary (e.g. validation)
         signum = flag.signum or (15 if isinstance(exc, SIGTERMException) else 2)
         summary.finish(trainer, module, "interrupted", signal=signum, stopped_at_step=trainer.global_step)
         raise RunInterrupted(signum, trainer.global_step, guard.saved) from exc

@@ -1,0 +1,148 @@
+"""Run and sweep folders: named by time and overrides (data.path included), and never shared, even by two
+runs or two sweeps started in the same second."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from attention_lab.training.run_dir import run_suffix, unique_dir
+from tests.training.helpers import (
+    LEAN_CALLBACKS,
+    compose_with_hydra,
+    freeze_hydra_clock,
+    read_metrics,
+    run_cli,
+    run_folders,
+    run_script,
+    tiny,
+)
+
+
+def test_run_folder_suffix_stays_short_and_unique() -> None:
+    assert run_suffix("") == ""
+    assert run_suffix("attention=gqa,attention.num_kv_heads=2") == "_attention=gqa,attention.num_kv_heads=2"
+    long_a, long_b = "x" * 300 + "a", "x" * 300 + "b"
+    assert len(run_suffix(long_a)) <= 121 and run_suffix(long_a) != run_suffix(long_b)
+    assert "/" not in run_suffix("data.path=a/b")
+
+
+def test_unique_dir_gives_each_caller_its_own_folder(tmp_path: Path) -> None:
+    # old: the run folder was the bare `<time>_<overrides>` template; two resolutions in one second gave one path
+    base = str(tmp_path / "runs" / "2026-01-02_03-04-05_x")
+    first, second, third = unique_dir(base), unique_dir(base), unique_dir(base)
+    assert [first, second, third] == [base, f"{base}-2", f"{base}-3"]
+    assert all(Path(p).is_dir() for p in (first, second, third))
+
+
+def test_unique_dir_is_exclusive_under_concurrent_callers(tmp_path: Path) -> None:
+    """Parallel launcher jobs resolve their folders at the same moment: an exists-then-mkdir check would hand
+    two of them the same folder; an exclusive mkdir cannot."""
+    base = str(tmp_path / "runs" / "same")
+    barrier = threading.Barrier(8)
+    got: list[str] = []
+
+    def resolve() -> None:
+        barrier.wait()
+        got.append(unique_dir(base))
+
+    threads = [threading.Thread(target=resolve) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(got) == len(set(got)) == 8
+    assert set(got) == {base, *(f"{base}-{n}" for n in range(2, 9))}
+
+
+def test_the_corpus_is_part_of_the_folder_name() -> None:
+    # old: data.path was in hydra.job.config.override_dirname.exclude_keys, so runs on a.txt and b.txt got the
+    # same folder name and only the time told them apart
+    names = {
+        path: compose_with_hydra([f"data.path={path}", "data=text"]).hydra.job.override_dirname
+        for path in ("a.txt", "b.txt")
+    }
+    assert "data.path=a.txt" in names["a.txt"] and "data.path=b.txt" in names["b.txt"]
+    assert run_suffix(names["a.txt"]) != run_suffix(names["b.txt"])
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch, corpus: Path) -> None:
+    """Two runs with identical overrides in the same second, and a third on another corpus: three folders,
+    each with its own metrics.json and TensorBoard file. Old: one shared folder (the second run overwrote the
+    first's metrics.json and checkpoints, and the corpus did not appear in the name at all)."""
+    monkeypatch.chdir(tmp_path)
+    second = freeze_hydra_clock(monkeypatch)
+    (tmp_path / "a.txt").write_text(corpus.read_text())
+    (tmp_path / "b.txt").write_text(corpus.read_text())
+    common = [*tiny(), *LEAN_CALLBACKS, "data=text", "trainer.max_steps=2", "trainer.val_check_interval=2"]
+    log_dir = tmp_path / "outputs"
+    for path in ("a.txt", "a.txt", "b.txt"):
+        assert run_cli([*common, f"data.path={path}"], log_dir) == 0
+
+    folders = run_folders(log_dir)
+    assert len(folders) == 3, [f.name for f in folders]
+    assert all(f.name.startswith(second) for f in folders)
+    by_corpus: dict[str, list[Path]] = {"a.txt": [], "b.txt": []}
+    for folder in folders:
+        metrics = read_metrics(folder)
+        assert metrics["status"] == "ok" and metrics["output_dir"] == str(folder)
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1, "each run writes its own events"
+        (path,) = [o.split("=", 1)[1] for o in metrics["overrides"] if o.startswith("data.path=")]
+        by_corpus[path].append(folder)
+    first_a, second_a = sorted(f.name for f in by_corpus["a.txt"])
+    assert second_a == f"{first_a}-2", "the second identical run gets the -2 folder"
+    (b,) = by_corpus["b.txt"]
+    assert not b.name.startswith(first_a), "another corpus gives another folder name, not just a suffix"
+
+
+def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
+    """Two sweeps in the same second: two sweep folders, each holding its own jobs. Old: one `sweeps/<time>`
+    folder whose job folders (same names) the second sweep overwrote. The jobs are invalid on purpose (heads
+    that do not divide the width): each is recorded as `invalid` and the sweep goes on, without training."""
+    second = freeze_hydra_clock(monkeypatch)
+    log_dir = tmp_path / "outputs"
+    for _ in range(2):
+        assert run_cli(["-m", *tiny(), "attention.num_heads=3,5"], log_dir) == 0
+
+    sweeps = run_folders(log_dir, "sweeps")
+    assert [s.name for s in sweeps] == [second, f"{second}-2"]
+    for sweep in sweeps:
+        jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
+        assert [j.name.split("_")[0] for j in jobs] == ["0", "1"], [j.name for j in jobs]
+        for job, heads in zip(jobs, (3, 5), strict=True):
+            metrics = read_metrics(job)
+            assert metrics["status"] == "invalid"
+            assert f"num_heads={heads}" in metrics["error"]
+        assert (sweep / "multirun.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path, corpus: Path) -> None:
+    result = run_script(
+        [
+            "-m",
+            *tiny(corpus=corpus),
+            "trainer.max_steps=4",
+            "trainer.val_check_interval=2",
+            "callbacks=none",
+            "attention=multihead,gqa",
+            "attention.num_heads=2,3",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert len(sweeps) == 1
+    jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    assert len(jobs) == 4
+    statuses = {p.name: read_metrics(p)["status"] for p in jobs}
+    # num_heads=3 does not divide d_model=32: those jobs are invalid (a user's mistake, was "failed"), are
+    # recorded, and the sweep goes on
+    assert sorted(statuses.values()) == ["invalid", "invalid", "ok", "ok"], statuses
+    for name, status in statuses.items():
+        assert ("num_heads=3" in name) == (status == "invalid")
+        assert ("attention=gqa" in name) or ("attention=multihead" in name)
+    invalid = next(p for p in jobs if statuses[p.name] == "invalid")
+    assert "not divisible by num_heads=3" in (invalid / "error.txt").read_text()
