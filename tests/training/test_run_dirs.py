@@ -99,22 +99,23 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, m
 
 def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
     """Two sweeps in the same second: two sweep folders, each holding its own jobs. Old: one `sweeps/<time>`
-    folder whose job folders (same names) the second sweep overwrote. The jobs are invalid on purpose (heads
-    that do not divide the width): each is recorded as `invalid` and the sweep goes on, without training."""
+    folder whose job folders (same names) the second sweep overwrote. The jobs fail on purpose, without training:
+    a context longer than the corpus passes the schema and is found when the data is read; each job is recorded
+    as `invalid` and the sweep goes on."""
     second = freeze_hydra_clock(monkeypatch)
     log_dir = tmp_path / "outputs"
     for _ in range(2):
-        assert run_cli(["-m", *tiny(), "attention.num_heads=3,5"], log_dir) == 0
+        assert run_cli(["-m", *tiny(), "model.context_length=1000000,2000000"], log_dir) == 0
 
     sweeps = run_folders(log_dir, "sweeps")
     assert [s.name for s in sweeps] == [second, f"{second}-2"]
     for sweep in sweeps:
         jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "metrics.json").is_file())
         assert [j.name.split("_")[0] for j in jobs] == ["0", "1"], [j.name for j in jobs]
-        for job, heads in zip(jobs, (3, 5), strict=True):
+        for job, context in zip(jobs, (1000000, 2000000), strict=True):
             metrics = read_metrics(job)
             assert metrics["status"] == "invalid"
-            assert f"num_heads={heads}" in metrics["error"]
+            assert f"model.context_length={context}" in metrics["error"]
         assert (sweep / "multirun.yaml").is_file()
 
 
@@ -128,7 +129,7 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
             "trainer.val_check_interval=2",
             "callbacks=none",
             "attention=multihead,gqa",
-            "attention.num_heads=2,3",
+            "model.context_length=32,100000",
         ],
         tmp_path,
     )
@@ -138,11 +139,48 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(jobs) == 4
     statuses = {p.name: read_metrics(p)["status"] for p in jobs}
-    # num_heads=3 does not divide d_model=32: those jobs are invalid (a user's mistake, was "failed"), are
-    # recorded, and the sweep goes on
+    # a context longer than the corpus passes the schema but fails on the data: those jobs are invalid (a user's
+    # mistake found only once the corpus is read), are recorded, and the sweep goes on
     assert sorted(statuses.values()) == ["invalid", "invalid", "ok", "ok"], statuses
-    for name, status in statuses.items():
-        assert ("num_heads=3" in name) == (status == "invalid")
-        assert ("attention=gqa" in name) or ("attention=multihead" in name)
+    for job in jobs:
+        overrides = read_metrics(job)["overrides"]
+        assert ("model.context_length=100000" in overrides) == (statuses[job.name] == "invalid"), overrides
+        assert ("attention=gqa" in overrides) or ("attention=multihead" in overrides)
     invalid = next(p for p in jobs if statuses[p.name] == "invalid")
-    assert "not divisible by num_heads=3" in (invalid / "error.txt").read_text()
+    assert "model.context_length=100000" in (invalid / "error.txt").read_text()
+
+
+def test_a_sweep_with_an_invalid_job_trains_nothing_and_names_every_bad_job(tmp_path: Path, corpus: Path) -> None:
+    """Old behaviour: jobs ran in order, so job 0 trained fully before job 1's bad setting was even looked at,
+    and a sweep whose every job was invalid exited 0."""
+    result = run_script(
+        ["-m", *tiny(corpus=corpus), "trainer.max_steps=4", "callbacks=none", "attention.num_heads=2,3,5"],
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert "2 of 3 sweep jobs have invalid settings; nothing was trained" in result.stderr
+    assert "job 1 (" in result.stderr and "job 2 (" in result.stderr and "job 0 (" not in result.stderr
+    assert "not divisible by num_heads=3" in result.stderr
+    sweeps = tmp_path / "outputs" / "sweeps"
+    assert not sweeps.exists() or not any(sweeps.iterdir()), "a refused sweep leaves no folder behind"
+
+
+def test_an_experiment_preset_sweep_leaves_exactly_one_sweep_folder(tmp_path: Path, corpus: Path) -> None:
+    """The presets override hydra.sweep.dir; Hydra also resolves the default folder expression while composing,
+    which reserved (and left behind) one empty folder per composition before release_unused()."""
+    result = run_script(
+        [
+            "experiment=compare_modern",
+            *tiny(corpus=corpus),
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "callbacks=none",
+            "attention=multihead,gqa",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
+    assert [p.name.endswith("_compare_modern") for p in sweeps] == [True], sweeps
+    assert len([p for p in sweeps[0].iterdir() if p.is_dir()]) == 2

@@ -15,6 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ..errors import USAGE_EXIT
+from ..training.run_dir import release_unused
 from ..training.task import main as run_task
 
 _task_started = False  # Hydra exits 1 both for its own config errors and for a crash inside the task
@@ -42,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if code is None:
             return 0
         return code if isinstance(code, int) else 1
+    finally:
+        release_unused()  # folders Hydra's config composition reserved but never used
     return 0
 
 

@@ -5,6 +5,11 @@ Two runs started in the same second (or two sweeps, or parallel launcher jobs) w
 the folder itself with an exclusive mkdir and, when the name is taken, tries `-2`, `-3`, ... Hydra caches a
 resolver's value per config and copies that cache to every job of a sweep, so one run or sweep resolves to
 one folder, and a later `mkdir(exist_ok=True)` by Hydra finds it in place.
+
+Hydra also resolves the *default* folder expression while composing configs whose `hydra.sweep.dir` is
+overridden (the experiment presets, a command-line override), on config objects that do not share that cache.
+Those reservations stay empty; `release_unused()` removes every folder this process reserved that is still
+empty and is not the one in use, at the start of each job and when the command ends.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from omegaconf import OmegaConf
 
 MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
 MAX_TRIES = 1000
+_reserved: list[Path] = []  # folders unique_dir created in this process
 
 
 def run_suffix(overrides: str) -> str:
@@ -39,8 +45,22 @@ def unique_dir(base: str) -> str:
             os.mkdir(candidate)
         except FileExistsError:
             continue
+        _reserved.append(Path(candidate).resolve())
         return candidate
     raise RuntimeError(f"{MAX_TRIES} folders named {base}[-N] exist already: clean up {Path(base).parent}")
+
+
+def release_unused(in_use: str | os.PathLike[str] | None = None) -> None:
+    """Remove the empty folders unique_dir reserved in this process, except `in_use` and its parents."""
+    keep = Path(in_use).resolve() if in_use is not None else None
+    for path in list(_reserved):
+        if keep is not None and (path == keep or path in keep.parents):
+            continue
+        try:
+            path.rmdir()  # only succeeds on an empty folder: nothing written is ever removed
+        except OSError:
+            continue
+        _reserved.remove(path)
 
 
 def register_resolvers() -> None:

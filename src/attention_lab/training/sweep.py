@@ -1,4 +1,5 @@
-"""What a stopped sweep tells its user: which jobs ran, which did not, and the commands that finish it.
+"""Sweeps: every job's settings checked before the first one trains, and what a stopped sweep tells its user
+(which jobs ran, which did not, and the commands that finish it).
 
 Hydra's basic sweeper runs the jobs of `-m` one after another in one process. When a signal stops job k,
 the sweep must stop too (the user asked it to), but not silently: the job list is rebuilt from the sweep's
@@ -14,6 +15,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .. import config
+from ..errors import UserError
 from .summary import METRICS_FILE
 
 
@@ -30,6 +33,32 @@ def sweep_jobs(sweep_dir: Path) -> list[list[str]] | None:
         return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     except Exception:  # a custom sweeper, or a layout we do not know: say so instead of guessing
         return None
+
+
+def invalid_jobs(sweep_dir: Path) -> list[tuple[int, list[str], str]]:
+    """(job number, overrides, message) of every job whose settings fail `config.validate`.
+
+    Run by job 0 before it trains, so a typo in job 5 of 6 costs seconds, not five trainings. Each job's config
+    is composed with Hydra's compose API (the app's own search path) and validated like a single run.
+    """
+    from hydra import compose
+
+    jobs = sweep_jobs(sweep_dir)
+    problems = []
+    for num, overrides in enumerate(jobs or []):
+        cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={sweep_dir / str(num)}"])
+        try:
+            config.validate(cfg, multirun=True)
+        except UserError as err:
+            problems.append((num, overrides, str(err)))
+    return problems
+
+
+def format_invalid_jobs(problems: list[tuple[int, list[str], str]], total: int) -> str:
+    lines = [f"error: {len(problems)} of {total} sweep jobs have invalid settings; nothing was trained:"]
+    for num, overrides, message in problems:
+        lines.append(f"  job {num} ({' '.join(overrides)}): {message}")
+    return "\n".join(lines)
 
 
 def _job_status(sweep_dir: Path, num: int) -> str | None:

@@ -48,9 +48,9 @@ from .callbacks import HParams
 from .guards import SIGNAL_EXIT, LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
-from .run_dir import register_resolvers
+from .run_dir import register_resolvers, release_unused
 from .summary import RunSummary, write_metrics
-from .sweep import format_stopped_sweep, stopped_sweep_report
+from .sweep import format_invalid_jobs, format_stopped_sweep, invalid_jobs, stopped_sweep_report, sweep_jobs
 
 log = logging.getLogger(__name__)
 DIVERGED_EXIT = 3
@@ -260,10 +260,28 @@ def _stop_sweep(out: Path, stop: RunInterrupted) -> None:
     print(format_stopped_sweep(report, sweep_dir), file=sys.stderr, flush=True)
 
 
+def _check_every_job(out: Path) -> None:
+    """Job 0 of a sweep validates every job first; any invalid one stops the sweep before anything trains,
+    and the sweep folder (only Hydra's files so far) is removed like a single run's."""
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    problems = invalid_jobs(sweep_dir)
+    if not problems:
+        return
+    jobs = sweep_jobs(sweep_dir) or []
+    print(format_invalid_jobs(problems, len(jobs)), file=sys.stderr, flush=True)
+    _remove_new_run_folder(out)
+    if {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+    raise SystemExit(USAGE_EXIT)
+
+
 def main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final val loss, the metric a sweeper optimises."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
+    release_unused(out)
+    if multirun and int(HydraConfig.get().job.num) == 0:
+        _check_every_job(out)
     try:
         return train(cfg, multirun)["val_loss"] or float("inf")
     except UserError as err:
