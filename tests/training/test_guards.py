@@ -18,7 +18,9 @@ from tests.training.helpers import (
     CtrlCTwiceAt,
     PoisonWeightsAt,
     SignalAt,
+    StartStepFile,
     add_callback,
+    callback_override,
     make_cfg,
     read_metrics,
     run_cli,
@@ -144,6 +146,39 @@ def test_slurm_requeue_signal_still_saves_an_hpc_checkpoint(tmp_path: Path, corp
     assert slurm.read_text().split() == ["requeue", "123"]
     assert metrics["status"] == "ok" and metrics["global_step"] == 4, "requeueing does not stop the run"
     assert signal.getsignal(signum) == before, "Lightning restores the handler after fit"
+
+
+def test_a_requeued_slurm_job_reuses_its_folder_and_resumes(tmp_path: Path, corpus: Path, slurm: Path, monkeypatch):
+    """SLURM's requeue re-runs the same command in a new process. Old: the folder was named by the time, so the
+    requeued job started a new folder from step 0 and never found the hpc checkpoint. Now the folder is named
+    slurm-<job id>; the first run saves hpc_ckpt_1 at step 2 (SIGUSR1) and last.ckpt at step 3 (SIGTERM, exit
+    143); the requeued run (SLURM_RESTART_COUNT=1) reuses that folder and resumes from the newest, step 3."""
+    log_dir = tmp_path / "outputs"
+    args = [
+        *tiny(corpus=corpus),
+        *LEAN_CALLBACKS,
+        "trainer.max_steps=6",
+        "trainer.val_check_interval=2",
+        callback_override("requeue", SignalAt),
+        "+callbacks.requeue.step=2",
+        f"+callbacks.requeue.signum={int(signal.SIGUSR1)}",
+        callback_override("stop", SignalAt),
+        "+callbacks.stop.step=3",
+        f"+callbacks.stop.signum={int(signal.SIGTERM)}",
+        callback_override("start", StartStepFile),
+    ]
+    assert run_cli(args, log_dir) == 143
+    (run,) = run_folders(log_dir)
+    assert run.name.startswith("slurm-123_"), run.name
+    assert (run / "hpc_ckpt_1.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+    assert slurm.read_text().split() == ["requeue", "123"]
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert run_cli(args, log_dir) == 0  # the same command, as the requeued batch script runs it
+    assert run_folders(log_dir) == [run], "the requeued job reuses its folder"
+    assert (run / "start_step.txt").read_text() == "3"
+    metrics = read_metrics(run)
+    assert metrics["status"] == "ok" and metrics["global_step"] == 6
 
 
 # ------------------------------------------------------------------------------------------- divergence

@@ -6,6 +6,12 @@ the folder itself with an exclusive mkdir and, when the name is taken, tries `-2
 resolver's value per config and copies that cache to every job of a sweep, so one run or sweep resolves to
 one folder, and a later `mkdir(exist_ok=True)` by Hydra finds it in place.
 
+Under SLURM the folder is named by the job id instead of the time (`slurm_or`). A job that SLURM requeues
+(Lightning's SIGUSR1 handler saves `hpc_ckpt_<n>.ckpt` and calls `scontrol requeue`) starts again with
+`SLURM_RESTART_COUNT` > 0: it reuses that folder instead of reserving a new one, and `requeue_checkpoint()`
+gives the task the newest checkpoint in it to resume from. Ranks started by srun (`SLURM_PROCID` > 0) join
+the folder of rank 0 the same way.
+
 Hydra also resolves the *default* folder expression while composing configs whose `hydra.sweep.dir` is
 overridden (the experiment presets, a command-line override), on config objects that do not share that cache.
 Those reservations stay empty; `release_unused()` removes every folder this process reserved that is still
@@ -36,8 +42,40 @@ def run_suffix(overrides: str) -> str:
     return f"_{overrides}"
 
 
+def _slurm_int(name: str) -> int:
+    try:
+        return int(os.environ.get(name) or 0)
+    except ValueError:
+        return 0
+
+
+def slurm_or(stamp: str) -> str:
+    """`slurm-<job id>` inside a SLURM job, else `stamp` (the time)."""
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm-{job}" if job else stamp
+
+
+def joins_existing_folder() -> bool:
+    """A requeued SLURM job, or a rank other than 0 that srun started: the folder is rank 0's first one."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and (
+        _slurm_int("SLURM_RESTART_COUNT") > 0 or _slurm_int("SLURM_PROCID") > 0
+    )
+
+
+def requeue_checkpoint(output_dir: Path) -> Path | None:
+    """In a requeued SLURM job: the newest of Lightning's `hpc_ckpt_*.ckpt` and our `checkpoints/last.ckpt`."""
+    if not os.environ.get("SLURM_JOB_ID") or _slurm_int("SLURM_RESTART_COUNT") < 1:
+        return None
+    candidates = [*output_dir.glob("hpc_ckpt_*.ckpt"), output_dir / "checkpoints" / "last.ckpt"]
+    existing = [path for path in candidates if path.is_file()]
+    return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+
+
 def unique_dir(base: str) -> str:
     """Create `base` (or `base-2`, `base-3`, ...) exclusively and return the path that was created."""
+    if joins_existing_folder():
+        Path(base).mkdir(parents=True, exist_ok=True)
+        return base
     Path(base).parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1, MAX_TRIES + 1):
         candidate = base if attempt == 1 else f"{base}-{attempt}"
@@ -65,5 +103,6 @@ def release_unused(in_use: str | os.PathLike[str] | None = None) -> None:
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("run_suffix", run_suffix, replace=True)
+    OmegaConf.register_new_resolver("slurm_or", slurm_or, replace=True)
     # use_cache: resolved once per run or sweep (Hydra copies the cache into each job's config)
     OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True, use_cache=True)

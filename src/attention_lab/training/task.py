@@ -31,7 +31,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import config
 from ..checkpoint import (
@@ -48,7 +48,7 @@ from .callbacks import HParams
 from .guards import SIGNAL_EXIT, LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
-from .run_dir import register_resolvers, release_unused
+from .run_dir import register_resolvers, release_unused, requeue_checkpoint
 from .summary import RunSummary, write_metrics
 from .sweep import format_invalid_jobs, format_stopped_sweep, invalid_jobs, stopped_sweep_report, sweep_jobs
 
@@ -142,6 +142,11 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
     config.validate(cfg, multirun)
     checkpoint = None
+    requeued = requeue_checkpoint(Path(cfg.paths.output_dir)) if cfg.ckpt_path is None else None
+    if requeued is not None:
+        log.warning("SLURM requeued this job: resuming from %s", requeued)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(requeued)
     if cfg.ckpt_path is not None:
         checkpoint = read_checkpoint(cfg.ckpt_path)  # the one read of the file, weights_only=True
         check_resumable(checkpoint, cfg)
