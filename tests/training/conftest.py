@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import one_torch_thread
 from tests.training.helpers import CORPUS, LEAN_CALLBACKS, finished_overrides, make_cfg
 
 
@@ -16,12 +17,8 @@ from tests.training.helpers import CORPUS, LEAN_CALLBACKS, finished_overrides, m
 def _one_torch_thread() -> Iterator[None]:
     """One intra-op thread: with two on the shared 2-core machine, a step of the tiny GPT waits for a busy core
     and takes ~10x longer (measured: a 4-step run 3.9 s with two threads, 0.4 s with one)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture
