@@ -7,7 +7,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from tests.helpers import one_torch_thread
 from tests.training.helpers import CORPUS, LEAN_CALLBACKS, finished_overrides, make_cfg
@@ -37,12 +36,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("finished")
     corpus = root / "corpus.txt"
     corpus.write_text(CORPUS)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cfg = make_cfg(root, [*finished_overrides(corpus), *LEAN_CALLBACKS])
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    with one_torch_thread():
+        train(make_cfg(root, [*finished_overrides(corpus), *LEAN_CALLBACKS]))
     assert (root / "run" / "checkpoints" / "last.ckpt").is_file()
     return root
