@@ -79,6 +79,16 @@ def test_the_defaults_are_valid(tmp_path: Path) -> None:
         (["attention=sliding_window", "attention.window=0"], "attention.window=0", "model.context_length=128"),
         (["attention=gqa", "+attention.window=4"], "window", "num_kv_heads"),
         (["attention.name=nope"], "'nope'", "multihead"),
+        (["trainer.devices=0"], "trainer.devices=0", "trainer.devices=1"),
+        (["trainer.devices=abc"], "trainer.devices='abc'", "trainer.devices=1"),
+        (["trainer.strategy=foo"], "trainer.strategy='foo'", "trainer.strategy=auto"),
+        (["model.d_model=33", "attention.num_heads=2"], "model.d_model=33", "one of [1, 3, 11, 33]"),
+        (["+model.foo=1"], "model.foo is not a setting", "model.d_model"),
+        (["+model.n_layer=1"], "model.n_layer is not a setting", "did you mean model.n_layers?"),
+        (["+data.foo=1"], "data.foo is not a setting", "data.batch_size"),
+        (["+trainer.max_step=3"], "trainer.max_step is not a setting", "did you mean trainer.max_steps?"),
+        (["+optim.foo=1"], "optim.foo is not a setting", "optim.lr"),
+        (["+sed=1"], "sed is not a setting", "did you mean seed?"),
     ],
 )
 def test_bad_values_name_the_setting_and_a_fix(tmp_path: Path, overrides: list[str], setting: str, fix: str) -> None:
@@ -103,6 +113,9 @@ def test_the_window_advice_uses_the_real_context_length(tmp_path: Path) -> None:
         ["trainer.gradient_clip_val=null"],
         ["data.stride=null", "data.path=null"],
         ["optim.lr=1"],  # an int is a fine float
+        ["trainer.devices=auto"],
+        ["trainer.devices=[0]"],
+        ["trainer.strategy=ddp_spawn"],
         ["attention=sliding_window", "attention.window=1000"],  # wider than the context: plain causal
     ],
 )

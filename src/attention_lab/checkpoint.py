@@ -34,6 +34,10 @@ class CheckpointError(UserError):
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a Lightning checkpoint as tensors and plain containers only; never unpickles an object."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(
+            f"ckpt_path={path} is a folder: pass a .ckpt file in it, e.g. {path / 'checkpoints' / 'last.ckpt'}."
+        )
     if not path.is_file():
         raise CheckpointError(
             f"ckpt_path={path} does not exist: pass the path of a .ckpt file, "
@@ -43,8 +47,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         # weights_only=True explicitly: torch then ignores TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated file, another format, or pickled objects we refuse to run
+        reason = (str(exc).splitlines() or ["an empty or truncated file"])[0][:200]
         raise CheckpointError(
-            f"ckpt_path={path} could not be read ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}): "
+            f"ckpt_path={path} could not be read ({type(exc).__name__}: {reason}): "
             "it is corrupt or not a checkpoint written by attention-lab; use another .ckpt (e.g. best.ckpt)."
         ) from exc
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:

@@ -9,10 +9,13 @@ raises one `ConfigError` whose message names the setting, what it must be, and a
 
 from __future__ import annotations
 
+import difflib
 import glob
+import inspect
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -33,6 +36,22 @@ ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 
 class ConfigError(UserError):
     """The composed config cannot work; the message names the setting and the fix."""
+
+
+def strategies() -> list[str]:
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    return ["auto", *StrategyRegistry.available_strategies()]
+
+
+def _devices_ok(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value >= 1 or value == -1
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    return value == "auto" or bool(re.fullmatch(r"\d+(,\d+)*,?|-1", value))
 
 
 # ------------------------------------------------------------------------------------------------ settings
@@ -108,11 +127,19 @@ class TrainerSchema:
         "a number of steps >= 1 (or a fraction of an epoch in (0, 1])",
         "50",
     )
+    max_epochs: int = setting(int, lambda v: v >= -1, "an integer >= 1 (-1: no limit; runs stop at max_steps)", "-1")
     log_every_n_steps: int = positive_int("10")
     accumulate_grad_batches: int = positive_int("1")
     gradient_clip_val: float = setting(float, lambda v: v >= 0, "a number >= 0 (or null: no clipping)", "1.0", True)
     num_sanity_val_steps: int = setting(int, lambda v: v >= -1, "an integer >= -1", "1")
     num_nodes: int = positive_int("1")
+    devices: int = setting(
+        (int, str, list),
+        lambda v: _devices_ok(v),
+        "a number of devices >= 1 (-1: all), auto, or a list of device ids",
+        "1",
+    )
+    strategy: str = setting(str, lambda v: v in strategies(), "auto or one of Lightning's strategies", "auto")
     precision: str = setting(str, lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}", "32-true")
     accelerator: str = setting(str, lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}", "cpu")
 
@@ -187,6 +214,13 @@ def _check_attention(cfg: DictConfig) -> None:
                 rule.kinds, rule.check, f"{rule.expect}; >= model.context_length={context} is plain causal", "32"
             )
         check_value(f"attention.{key}", value, rule)
+    heads = settings.get("num_heads")
+    if heads and cfg.model.d_model % heads:
+        choices = [d for d in range(1, cfg.model.d_model + 1) if cfg.model.d_model % d == 0]
+        raise ConfigError(
+            f"model.d_model={cfg.model.d_model} is not divisible by attention.num_heads={heads}: set "
+            f"attention.num_heads to a divisor of {cfg.model.d_model} (one of {choices}) or change model.d_model."
+        )
     window = settings.get("window")
     if window is not None and window >= context:
         log.info("attention.window=%d >= model.context_length=%d: plain causal attention", window, context)
@@ -247,8 +281,60 @@ def _check_hardware(cfg: DictConfig, multirun: bool) -> None:
         )
 
 
+def _parameters(cls: type) -> set[str]:
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+
+
+def known_keys() -> dict[str, set[str]]:
+    """The keys each section may hold: what its consumer accepts (a `+section.key=...` typo would otherwise
+    crash deep inside the GPT, the datamodule or Lightning, or be silently ignored)."""
+    import lightning as L
+
+    from .data import TextDataModule
+    from .model import GPT
+
+    return {
+        "model": _parameters(GPT) - {"vocab_size", "attention"},
+        "optim": {f.name for f in fields(OptimSchema)},
+        "data": _parameters(TextDataModule) | {"_target_"},
+        "trainer": _parameters(L.Trainer) | {"_target_"},
+        "": set(TOP_LEVEL),
+    }
+
+
+# Top-level keys of the training config (the groups and the run settings).
+TOP_LEVEL = (
+    "attention",
+    "model",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "paths",
+    "optim",
+    "seed",
+    "compile",
+    "ckpt_path",
+)
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    for section, allowed in known_keys().items():
+        present = cfg.keys() if not section else (cfg[section] or {}).keys()
+        for key in present:
+            if key in allowed:
+                continue
+            name = f"{section}.{key}" if section else key
+            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            hint = f"did you mean {section + '.' if section else ''}{close[0]}? " if close else ""
+            names = sorted(f"{section}.{k}" if section else k for k in allowed if not k.startswith("_"))
+            listing = ", ".join(names) if len(names) <= 12 else "run `attention-lab train --cfg job` to see them"
+            raise ConfigError(f"{name} is not a setting: {hint}remove it (the settings here: {listing}).")
+
+
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Every cheap check, before any tokenizing, model building or trainer start. Raises a UserError."""
+    _check_keys(cfg)
     containers = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in SECTIONS}
     for name, schema in SECTIONS.items():
         check_section(f"{name}.", schema, containers[name])

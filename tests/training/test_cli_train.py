@@ -34,6 +34,16 @@ BAD_INPUTS = [
     (["attention.num_heads=3"], ["num_heads=3", "attention.num_heads", "divisor of 32"]),
     (["optim.lrr=1"], ["optim.lrr"]),  # Hydra's own error (unknown key): its message, mapped to exit 2
     (["ckpt_path=corrupt.ckpt"], ["ckpt_path=corrupt.ckpt", "corrupt"]),
+    # found by a review: an empty file crashed while building the message (EOFError has no text), and a folder
+    # was reported as missing; both exited 1 with a traceback and left a "failed" run folder
+    (["ckpt_path=empty.ckpt"], ["ckpt_path=empty.ckpt", "empty or truncated"]),
+    (["ckpt_path=outputs"], ["ckpt_path=outputs is a folder"]),
+    # settings Lightning or the GPT rejected with a traceback (exit 1), or that were silently ignored
+    (["trainer.devices=0"], ["trainer.devices=0"]),
+    (["trainer.strategy=foo"], ["trainer.strategy='foo'"]),
+    (["+model.foo=1"], ["model.foo is not a setting"]),
+    (["+trainer.max_step=3"], ["did you mean trainer.max_steps?"]),
+    (["+optim.foo=1"], ["optim.foo is not a setting"]),
 ]
 
 
@@ -43,6 +53,7 @@ def test_a_bad_input_exits_2_with_one_message_and_no_run_folder(
 ) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths (missing.txt, corrupt.ckpt) as a user types them
     (tmp_path / "corrupt.ckpt").write_bytes(b"\x80\x04 this is not a checkpoint")
+    (tmp_path / "empty.ckpt").write_bytes(b"")
     log_dir = tmp_path / "outputs"
     # a valid tiny run apart from the bad input, which comes last (Hydra: the last value of a key wins)
     code = run_cli([*tiny(corpus=corpus), *LEAN_CALLBACKS, "trainer.max_steps=2", *overrides], log_dir)
@@ -119,3 +130,25 @@ def test_the_printed_command_to_train_further_works_in_a_shell(tmp_path: Path, c
     newest = max(run_folders(log_dir), key=lambda p: p.stat().st_mtime)
     metrics = read_metrics(newest)
     assert metrics["status"] == "ok" and metrics["global_step"] == 8
+
+
+def test_a_signal_while_the_run_is_set_up_stops_it_at_once_and_leaves_no_folder(
+    tmp_path: Path, corpus: Path, monkeypatch, capsys
+) -> None:
+    """Found by a review: SIGINT while the corpus was tokenized (before training) reached Python's default
+    handler: a KeyboardInterrupt traceback and a run folder with only .hydra/ and no metrics.json."""
+    import os
+    import signal
+
+    from attention_lab.data import TextDataModule
+
+    def interrupted(self: TextDataModule) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(TextDataModule, "prepare_data", interrupted)
+    log_dir = tmp_path / "outputs"
+    code = run_cli([*tiny(corpus=corpus), "trainer.max_steps=2"], log_dir)
+    stderr = capsys.readouterr().err
+    assert code == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "nothing was trained" in stderr
+    assert run_folders(log_dir) == [], "nothing trained: no half-made run folder"

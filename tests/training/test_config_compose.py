@@ -46,7 +46,7 @@ def test_attention_yaml_lists_every_knob_with_its_default(tmp_path: Path) -> Non
     ("overrides", "error", "match"),
     [
         (["attention.name=nope"], AttentionConfigError, r"unknown attention variant 'nope'.*multihead"),
-        (["attention.num_heads=3"], AttentionConfigError, r"d_(out|model)=32 is not divisible by num_heads=3.*divisor"),
+        (["attention.num_heads=3"], ConfigError, r"d_model=32 is not divisible by attention.num_heads=3.*divisor"),
         (["attention=gqa", "attention.num_kv_heads=3"], AttentionConfigError, r"num_kv_heads=3.*divisor of 2"),
         # ranges of attention knobs are now checked by the schema (a ConfigError; was AttentionConfigError), with
         # advice that uses the real context length

@@ -43,6 +43,11 @@ def test_signal_flag_records_sigint_and_sigterm_and_leaves_sigusr1_alone() -> No
     flag.install()
     try:
         assert signal.getsignal(signal.SIGUSR1) is before[signal.SIGUSR1], "SIGUSR1 is Lightning's (SLURM requeue)"
+        # while the run is set up a signal stops it at once (nothing to save yet)
+        with pytest.raises(StopNow) as early:
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert early.value.code == 143 and flag.signum is None
+        flag.deferred = True  # training
         os.kill(os.getpid(), signal.SIGTERM)  # recorded, not raised: the run stops at the next step boundary
         os.kill(os.getpid(), signal.SIGINT)
         assert flag.signum == signal.SIGTERM, "the first signal decides the exit status"
@@ -52,6 +57,7 @@ def test_signal_flag_records_sigint_and_sigterm_and_leaves_sigusr1_alone() -> No
 
     twice = SignalFlag()
     twice.install()
+    twice.deferred = True
     try:
         os.kill(os.getpid(), signal.SIGINT)
         assert twice.signum == signal.SIGINT

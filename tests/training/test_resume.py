@@ -189,3 +189,28 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, 
         assert after[step] == pytest.approx(reference[step], abs=1e-5), step
     final = {n: read_metrics(tmp_path / n)["val_loss"] for n in ("full", "b")}
     assert final["b"] == pytest.approx(final["full"], abs=1e-5)
+
+
+def test_extending_a_run_keeps_the_warmup_it_trained_with(tmp_path: Path, corpus: Path) -> None:
+    """Found by a review: a 4-step run clamps optim.warmup_steps=10 to 1 step; extending it to 20 steps
+    recomputed the warmup against the new total (10 < 20) and restarted the warmup at step 4."""
+    first = make_cfg(
+        tmp_path / "a", [*tiny(corpus=corpus), *LEAN_CALLBACKS, "optim.warmup_steps=10", "trainer.max_steps=4"]
+    )
+    assert train(first)["warmup_steps_used"] == 1
+    last = tmp_path / "a" / "run" / "checkpoints" / "last.ckpt"
+    extended = make_cfg(
+        tmp_path / "b",
+        [
+            *tiny(corpus=corpus),
+            *LEAN_CALLBACKS,
+            "optim.warmup_steps=10",
+            "trainer.max_steps=20",
+            f"ckpt_path='{last}'",
+        ],
+    )
+    metrics = train(extended)
+    assert metrics["status"] == "ok" and metrics["global_step"] == 20
+    assert metrics["warmup_steps_used"] == 1
+    saved = torch.load(tmp_path / "b" / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert saved["hyper_parameters"]["warmup_steps"] == 1

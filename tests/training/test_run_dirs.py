@@ -105,7 +105,8 @@ def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path,
     second = freeze_hydra_clock(monkeypatch)
     log_dir = tmp_path / "outputs"
     for _ in range(2):
-        assert run_cli(["-m", *tiny(), "model.context_length=1000000,2000000"], log_dir) == 0
+        # every job invalid: the sweep's exit status is its worst job's (was 0, hiding the failures)
+        assert run_cli(["-m", *tiny(), "model.context_length=1000000,2000000"], log_dir) == 2
 
     sweeps = run_folders(log_dir, "sweeps")
     assert [s.name for s in sweeps] == [second, f"{second}-2"]
@@ -133,7 +134,9 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
         ],
         tmp_path,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the sweep goes on past the invalid jobs; its exit status is the worst job's, with a summary line
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert ": 4 jobs: " in result.stderr and "2 ok" in result.stderr and "2 invalid" in result.stderr
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert len(sweeps) == 1
     jobs = sorted(p for p in sweeps[0].iterdir() if p.is_dir() and (p / "metrics.json").exists())
@@ -161,7 +164,7 @@ def test_a_sweep_with_an_invalid_job_trains_nothing_and_names_every_bad_job(tmp_
     assert "Traceback" not in result.stderr
     assert "2 of 3 sweep jobs have invalid settings; nothing was trained" in result.stderr
     assert "job 1 (" in result.stderr and "job 2 (" in result.stderr and "job 0 (" not in result.stderr
-    assert "not divisible by num_heads=3" in result.stderr
+    assert "not divisible by attention.num_heads=3" in result.stderr
     sweeps = tmp_path / "outputs" / "sweeps"
     assert not sweeps.exists() or not any(sweeps.iterdir()), "a refused sweep leaves no folder behind"
 

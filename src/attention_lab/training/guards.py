@@ -54,13 +54,18 @@ class StopNow(SystemExit):
 
 
 class SignalFlag:
-    """Handlers for SIGINT and SIGTERM that record the signal instead of raising mid-step."""
+    """Handlers for SIGINT and SIGTERM. While the run is set up (`deferred` false) a signal stops it at once,
+    since nothing is trained yet; once training starts it is only recorded, and the run stops at the next step
+    boundary with a checkpoint (RunGuard)."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.deferred = False
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if not self.deferred:
+            raise StopNow(signum)  # tokenizing or building: nothing to save, so stop now
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise StopNow(signum)  # a second Ctrl+C: the user wants out now
         self.signum = self.signum or signum

@@ -26,6 +26,7 @@ class GPTLitModule(L.LightningModule):
         optim: dict[str, Any],
         tokenizer: dict[str, Any] | None = None,
         compile: bool = False,
+        warmup_steps: int | None = None,
     ):
         """model: GPT kwargs (incl. `attention` and `vocab_size`); optim: lr, weight_decay, betas, warmup_steps,
         min_lr_ratio; tokenizer: the tokenizer's state, kept so a checkpoint can decode its own samples."""
@@ -82,7 +83,9 @@ class GPTLitModule(L.LightningModule):
         fused = self.device.type == "cuda"
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
-        factor = lr_lambda(effective_warmup(cfg["warmup_steps"], total), total, cfg["min_lr_ratio"])
+        warmup = self.hparams.warmup_steps
+        warmup = effective_warmup(cfg["warmup_steps"], total) if warmup is None else warmup
+        factor = lr_lambda(warmup, total, cfg["min_lr_ratio"])
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 

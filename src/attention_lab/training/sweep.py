@@ -35,6 +35,27 @@ def sweep_jobs(sweep_dir: Path) -> list[list[str]] | None:
         return None
 
 
+# The sweep the task ran last in this process: the CLI summarises it once Hydra returns.
+last_sweep_dir: Path | None = None
+SEVERITY = (("failed", 1), ("invalid", 2), ("diverged", 3))  # the sweep's exit status: its worst job's
+
+
+def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
+    """One line counting the jobs by status, and the exit status: 0 when every job is ok, else the worst."""
+    statuses = []
+    for path in sorted(sweep_dir.glob(f"*/{METRICS_FILE}")):
+        try:
+            statuses.append(json.loads(path.read_text()).get("status", "unknown"))
+        except (OSError, ValueError):
+            statuses.append("unreadable")
+    counts = {status: statuses.count(status) for status in dict.fromkeys(statuses)}
+    code = next((code for status, code in SEVERITY if status in counts), 0)
+    if code == 0 and set(counts) - {"ok"}:
+        code = 1
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no job records"
+    return f"sweep {sweep_dir}: {len(statuses)} jobs: {summary}", code
+
+
 def invalid_jobs(sweep_dir: Path) -> list[tuple[int, list[str], str]]:
     """(job number, overrides, message) of every job whose settings fail `config.validate`.
 

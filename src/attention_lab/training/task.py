@@ -44,6 +44,7 @@ from ..checkpoint import (
     read_checkpoint,
 )
 from ..errors import USAGE_EXIT, UserError
+from . import sweep
 from .callbacks import HParams
 from .guards import SIGNAL_EXIT, LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
 from .lit_module import GPTLitModule
@@ -139,6 +140,16 @@ class ValidateAtLastStep(L.Callback):
 
 
 def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
+    """Validate, build and fit; returns the metrics. From the first line a signal stops the run cleanly."""
+    flag = SignalFlag()
+    flag.install()
+    try:
+        return _train(cfg, multirun, flag)
+    finally:
+        flag.restore()
+
+
+def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
     config.validate(cfg, multirun)
     checkpoint = None
@@ -151,7 +162,9 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         checkpoint = read_checkpoint(cfg.ckpt_path)  # the one read of the file, weights_only=True
         check_resumable(checkpoint, cfg)
     warmup = effective_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
-    if warmup != cfg.optim.warmup_steps:
+    if checkpoint is not None:  # extending a run keeps its warmup; recomputing it could restart the warmup mid-run
+        warmup = checkpoint["hyper_parameters"].get("warmup_steps", warmup)
+    elif warmup != cfg.optim.warmup_steps:
         log.warning(
             "optim.warmup_steps=%d >= trainer.max_steps=%d: warming up for %d steps instead (a tenth of the run)",
             cfg.optim.warmup_steps,
@@ -172,12 +185,12 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         optim=OmegaConf.to_container(cfg.optim, resolve=True),
         tokenizer=datamodule.tokenizer.state(),
         compile=cfg.compile,
+        warmup_steps=warmup,
     )
     output_dir = Path(cfg.paths.output_dir)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    flag = SignalFlag()
     guard = RunGuard(flag, output_dir / "checkpoints", check_every=cfg.trainer.log_every_n_steps)
     summary = RunSummary(cfg, _overrides(), started, warmup)
     # the guard first: its validation-loss check must run before the configured callbacks sample from the model
@@ -195,7 +208,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         plugins.append(PreloadedCheckpointIO(cfg.ckpt_path, checkpoint))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
 
-    flag.install()
+    flag.deferred = True  # training: a signal now stops at the next step boundary, with a checkpoint
     try:
         with warnings.catch_warnings():
             if trainer.world_size == 1:
@@ -221,8 +234,6 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
             fix="lower optim.lr (or raise optim.warmup_steps) and start a new run; checkpoint is the last good one",
         )
         raise
-    finally:
-        flag.restore()
 
     if summary.metrics is None:  # ddp_spawn: the summary was written by rank 0 of the spawned workers
         return json.loads((output_dir / "metrics.json").read_text())
@@ -285,6 +296,8 @@ def main(cfg: DictConfig) -> float:
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
     release_unused(out)
+    if multirun:
+        sweep.last_sweep_dir = Path(HydraConfig.get().sweep.dir)
     if multirun and int(HydraConfig.get().job.num) == 0:
         _check_every_job(out)
     try:
@@ -306,6 +319,11 @@ def main(cfg: DictConfig) -> float:
             print(f"resume: {resume}", file=sys.stderr, flush=True)
         if multirun:
             _stop_sweep(out, stop)
+        raise
+    except StopNow as stop:  # before training started: nothing trained, nothing to resume
+        print(f"\nstopped before training started: nothing was trained (exit {stop.code})", file=sys.stderr)
+        if not multirun:
+            _remove_new_run_folder(out)
         raise
     except RunDiverged as exc:
         print(
