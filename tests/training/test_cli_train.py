@@ -121,10 +121,10 @@ def test_the_printed_command_to_train_further_works_in_a_shell(tmp_path: Path, c
     ckpt_arg = next(word for word in shlex.split(command) if word.startswith("ckpt_path="))
     assert "=" in ckpt_arg.split("ckpt_path=")[1] and "," in ckpt_arg, "the run folder name carries the overrides"
     words = shlex.split(command)
-    assert words[:2] == ["python", "scripts/train.py"]
+    assert words[:2] == ["attention-lab", "train"]
     assert "trainer.max_steps=8" in words and "trainer.max_steps=4" not in words, "max_steps replaced, not repeated"
 
-    shell = command.replace("python", shlex.quote(sys.executable), 1)
+    shell = command.replace("attention-lab", f"{shlex.quote(sys.executable)} -m attention_lab.cli", 1)
     result = subprocess.run(shell, shell=True, cwd=ROOT, env=script_env(tmp_path), capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     newest = max(run_folders(log_dir), key=lambda p: p.stat().st_mtime)

@@ -187,6 +187,24 @@ def test_a_requeued_slurm_job_reuses_its_folder_and_resumes(tmp_path: Path, corp
     assert metrics["status"] == "ok" and metrics["global_step"] == 6
 
 
+def test_a_requeued_job_that_had_finished_keeps_its_record(tmp_path: Path, corpus: Path, slurm: Path, monkeypatch):
+    """Found by a review: a requeue after the job finished handed it its own last.ckpt, which was refused as a
+    finished run: exit 2, and in a sweep every finished job's `ok` record was overwritten with `invalid`."""
+    log_dir = tmp_path / "outputs"
+    args = ["-m", *tiny(corpus=corpus), *LEAN_CALLBACKS, "trainer.max_steps=2", "seed=1,2"]
+    assert run_cli(args, log_dir) == 0
+    (sweep,) = run_folders(log_dir, "sweeps")
+    records = {p.name: (p / "metrics.json").read_text() for p in sweep.iterdir() if (p / "metrics.json").is_file()}
+    assert len(records) == 2 and all('"ok"' in r for r in records.values())
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    assert run_cli(args, log_dir) == 0
+    assert run_folders(log_dir, "sweeps") == [sweep]
+    assert {
+        p.name: (p / "metrics.json").read_text() for p in sweep.iterdir() if (p / "metrics.json").is_file()
+    } == records
+
+
 # ------------------------------------------------------------------------------------------- divergence
 def test_nan_loss_is_caught_before_validation_and_the_last_good_checkpoint_is_kept(
     tmp_path: Path, corpus: Path
@@ -207,7 +225,8 @@ def test_nan_loss_is_caught_before_validation_and_the_last_good_checkpoint_is_ke
     metrics = read_metrics(run)
     assert metrics["status"] == "diverged" and metrics["diverged_at_step"] == 4
     assert metrics["checkpoint"] == str(run / "checkpoints" / "last.ckpt")
-    assert "ckpt_path=" in metrics["resume"]
+    assert "resume" not in metrics, "with the same optim.lr it would diverge again; the fix says what to do"
+    assert "lower optim.lr" in metrics["fix"]
     assert checkpoint_is_finite(run / "checkpoints" / "last.ckpt") == (2, True)
     assert checkpoint_is_finite(run / "checkpoints" / "best.ckpt") == (2, True)
 

@@ -187,3 +187,21 @@ def test_an_experiment_preset_sweep_leaves_exactly_one_sweep_folder(tmp_path: Pa
     sweeps = list((tmp_path / "outputs" / "sweeps").iterdir())
     assert [p.name.endswith("_compare_modern") for p in sweeps] == [True], sweeps
     assert len([p for p in sweeps[0].iterdir() if p.is_dir()]) == 2
+
+
+@pytest.mark.parametrize("kind", ["run", "sweep"])
+def test_a_folder_override_that_points_at_a_used_folder_is_refused(tmp_path: Path, corpus: Path, capsys, kind) -> None:
+    """Found by a review: `hydra.run.dir=` / `hydra.sweep.dir=` bypass the unique folders, and a second run there
+    mixed two runs' events, checkpoints and records (and a refused sweep still replaced multirun.yaml)."""
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "metrics.json").write_text('{"status": "ok"}')
+    override = f"hydra.{kind}.dir={used}"
+    args = [*tiny(corpus=corpus), "trainer.max_steps=2", "callbacks=none", override]
+    code = run_cli(["-m", *args, "seed=1,2"] if kind == "sweep" else args, tmp_path / "outputs")
+    stderr = capsys.readouterr().err
+    assert code == 2, stderr[-3000:]
+    assert f"hydra.{kind}.dir={used} already holds a run or sweep" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in used.iterdir()) == ["metrics.json"], "nothing was written into the used folder"
+    fresh = [*args[:-1], f"hydra.{kind}.dir={tmp_path / 'fresh'}"]
+    assert run_cli(["-m", *fresh, "seed=1"] if kind == "sweep" else fresh, tmp_path / "outputs") == 0

@@ -63,7 +63,7 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_resume_command_works(
 
     assert code == STATUS[signum], stderr[-3000:]
     assert "Traceback" not in stderr
-    assert f"stopped by {signum.name} at step" in stderr and "resume: python scripts/train.py" in stderr
+    assert f"stopped by {signum.name} at step" in stderr and "resume: attention-lab train" in stderr
     (run,) = run_folders(tmp_path / "outputs")
     metrics = read_metrics(run)
     last = run / "checkpoints" / "last.ckpt"
@@ -75,7 +75,7 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_resume_command_works(
 
     # the recorded command, as a user would run it (only the never-ending max_steps shortened)
     command = shlex.split(metrics["resume"])
-    assert command[:2] == ["python", "scripts/train.py"] and FOREVER in command
+    assert command[:2] == ["attention-lab", "train"] and FOREVER in command
     resume = [arg if arg != FOREVER else f"trainer.max_steps={step + 3}" for arg in command[2:]]
     log_dir = tmp_path / "resumed"
     assert run_cli([*resume, callback_override("start", StartStepFile)], log_dir) == 0
@@ -96,13 +96,24 @@ def test_a_signal_during_a_sweep_records_which_jobs_ran_and_how_to_finish(tmp_pa
     assert report["status"] == "interrupted" and report["stopped_job"] == 0
     assert [job["status"] for job in report["jobs"]] == ["interrupted", "not run", "not run"]
     assert [job["overrides"][-1] for job in report["jobs"]] == ["seed=1", "seed=2", "seed=3"]
-    assert "ckpt_path=" in report["resume_stopped_job"]
+    resume = shlex.split(report["resume_stopped_job"])
+    assert any(w.startswith("ckpt_path=") for w in resume)
+    # a sweep job resumes as a single run beside its folder (a preset would otherwise start the whole sweep again)
+    job0 = next(p for p in sweep.iterdir() if p.name.startswith("0_"))
+    assert "hydra.mode=RUN" in resume and f"hydra.run.dir={job0}-resumed" in resume
     assert len(report["continue"]) == 2
-    for command, seed in zip(report["continue"], ("seed=2", "seed=3"), strict=True):
+    for num, (command, seed) in enumerate(zip(report["continue"], ("seed=2", "seed=3"), strict=True), start=1):
         words = shlex.split(command)
-        assert words[:2] == ["python", "scripts/train.py"] and words[-1] == seed
-        compose_with_hydra(words[2:])  # the printed overrides are valid as they stand
-    assert [p.name.split("_")[0] for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()] == ["0"]
+        assert words[:2] == ["attention-lab", "train"] and seed in words
+        # the jobs that did not start run as single runs into their places in this sweep folder
+        assert words[-2:] == ["hydra.mode=RUN", f"hydra.run.dir={sweep / str(num)}"]
+        compose_with_hydra([w for w in words[2:] if not w.startswith("hydra.")])  # valid as they stand
+
+    # run the first of them as printed (only the never-ending max_steps shortened): it lands in the sweep folder
+    words = [w if w != FOREVER else "trainer.max_steps=3" for w in shlex.split(report["continue"][0])[2:]]
+    assert run_cli(words, tmp_path / "outputs") == 0
+    assert read_metrics(sweep / "1")["status"] == "ok"
+    assert sorted(p.name.split("_")[0] for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit()) == ["0", "1"]
     assert "sweep stopped by a signal during job 0" in stderr
-    assert "resume job 0: python scripts/train.py" in stderr
+    assert "resume job 0: attention-lab train" in stderr
     assert "then run the jobs that did not start:" in stderr and "sweep_status.json" in stderr

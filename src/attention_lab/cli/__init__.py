@@ -43,5 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
-    """The console script: exit with main's status."""
-    sys.exit(main())
+    """The console script: exit with main's status (130 and no traceback for a Ctrl+C while starting up)."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

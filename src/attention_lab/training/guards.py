@@ -169,4 +169,4 @@ class LastCheckpoint(L.Callback):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)  # all ranks take part; rank 0 writes
+            trainer.save_checkpoint(self.path, weights_only=False)  # all ranks take part; rank 0 writes

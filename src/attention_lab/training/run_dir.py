@@ -22,9 +22,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import USAGE_EXIT
 
 MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
 MAX_TRIES = 1000
@@ -99,6 +104,40 @@ def release_unused(in_use: str | os.PathLike[str] | None = None) -> None:
         except OSError:
             continue
         _reserved.remove(path)
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
+def _refuse_used_folder(setting: str, folder: Path) -> None:
+    print(
+        f"error: {setting}={folder} already holds a run or sweep: a second one there would mix their checkpoints, "
+        f"events and records. Choose a new folder, or drop {setting} to get a unique one.",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(USAGE_EXIT)
+
+
+class FreshFolders(Callback):
+    """Refuses a `hydra.run.dir` / `hydra.sweep.dir` override that points at a folder already in use, before
+    Hydra writes into it. The folders unique_dir makes are new and empty; the exceptions are the processes that
+    must join an existing folder: Lightning's re-launched DDP ranks and a requeued SLURM job."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if os.environ.get("LOCAL_RANK") or joins_existing_folder():
+            return
+        folder = Path(config.hydra.run.dir)
+        if _holds_files(folder):
+            _refuse_used_folder("hydra.run.dir", folder)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if joins_existing_folder():
+            return
+        folder = Path(config.hydra.sweep.dir)
+        if _holds_files(folder):
+            _refuse_used_folder("hydra.sweep.dir", folder)
 
 
 def register_resolvers() -> None:

@@ -54,8 +54,8 @@ def write_metrics(folder: Path, metrics: dict[str, Any]) -> Path:
     return path
 
 
-def resume_command(overrides: list[str], checkpoint: Path, **replace: Any) -> str:
-    """The exact command that resumes a run: its own overrides (with `replace`d values) plus ckpt_path."""
+def resume_command(overrides: list[str], checkpoint: Path, extra: list[str] | None = None, **replace: Any) -> str:
+    """The exact command that resumes a run: its own overrides (with `replace`d values), `extra`, and ckpt_path."""
     replaced = {key.replace("__", "."): value for key, value in replace.items()}
     kept = [
         shlex.quote(o)
@@ -63,17 +63,22 @@ def resume_command(overrides: list[str], checkpoint: Path, **replace: Any) -> st
         if not o.startswith(("ckpt_path=", "hydra.")) and o.split("=", 1)[0].lstrip("+~") not in replaced
     ]
     kept += [shlex.quote(f"{key}={value}") for key, value in replaced.items()]
+    kept += [shlex.quote(item) for item in extra or []]
     # Hydra's grammar rejects the = and , of run folder names unless quoted; the double quotes are the shell's
-    return " ".join(["python", "scripts/train.py", *kept, f"\"ckpt_path='{checkpoint}'\""])
+    return " ".join(["attention-lab", "train", *kept, f"\"ckpt_path='{checkpoint}'\""])
 
 
 class RunSummary(L.Callback):
     """Collects metrics.json where training ran; rank 0 writes it at the end of fit."""
 
-    def __init__(self, cfg: DictConfig, overrides: list[str], started: float, warmup_steps: int):
+    def __init__(
+        self, cfg: DictConfig, overrides: list[str], started: float, warmup_steps: int, sweep_job: bool = False
+    ):
         # resolved here: a spawned worker has no Hydra context to resolve ${hydra:...} paths
         self.cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         self.overrides, self.started, self.warmup_steps = overrides, started, warmup_steps
+        # a sweep job resumes as a single run into a new folder beside it (a preset would start the whole sweep)
+        self.resume_extra = ["hydra.mode=RUN", f"hydra.run.dir={self.output_dir}-resumed"] if sweep_job else []
         self.metrics: dict[str, Any] | None = None
         self.memory: PeakMemory | None = None
 
@@ -125,8 +130,8 @@ class RunSummary(L.Callback):
             "checkpoint": str(last) if last.is_file() else None,
             **extra,
         }
-        if status != "ok" and metrics["checkpoint"]:
-            metrics["resume"] = resume_command(self.overrides, last)
+        if status == "interrupted" and metrics["checkpoint"]:  # a diverged run would diverge again: no resume
+            metrics["resume"] = resume_command(self.overrides, last, self.resume_extra)
         return metrics
 
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, status: str, **extra: Any) -> dict[str, Any]:

@@ -108,7 +108,12 @@ def stopped_sweep_report(sweep_dir: Path, stopped_job: int, resume: str | None) 
         {"num": num, "overrides": job, "status": _job_status(sweep_dir, num) if num <= stopped_job else "not run"}
         for num, job in enumerate(jobs)
     ]
-    report["continue"] = [shlex.join(["python", "scripts/train.py", *job]) for job in jobs[stopped_job + 1 :]]
+    # each job that did not start, as a single run into its place in this sweep folder
+    report["continue"] = [
+        shlex.join(["attention-lab", "train", *job, "hydra.mode=RUN", f"hydra.run.dir={sweep_dir / str(num)}"])
+        for num, job in enumerate(jobs)
+        if num > stopped_job
+    ]
     return report
 
 

@@ -153,8 +153,13 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
     config.validate(cfg, multirun)
     checkpoint = None
-    requeued = requeue_checkpoint(Path(cfg.paths.output_dir)) if cfg.ckpt_path is None else None
+    output_dir = Path(cfg.paths.output_dir)
+    requeued = requeue_checkpoint(output_dir)  # in a requeue the folder's newest checkpoint wins over ckpt_path
     if requeued is not None:
+        record = output_dir / "metrics.json"
+        if record.is_file() and json.loads(record.read_text()).get("status") == "ok":
+            log.warning("SLURM requeued a job that had finished (%s): nothing to do", output_dir)
+            return json.loads(record.read_text())  # its record is kept as it is
         log.warning("SLURM requeued this job: resuming from %s", requeued)
         with open_dict(cfg):
             cfg.ckpt_path = str(requeued)
@@ -187,12 +192,11 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         compile=cfg.compile,
         warmup_steps=warmup,
     )
-    output_dir = Path(cfg.paths.output_dir)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     guard = RunGuard(flag, output_dir / "checkpoints", check_every=cfg.trainer.log_every_n_steps)
-    summary = RunSummary(cfg, _overrides(), started, warmup)
+    summary = RunSummary(cfg, _overrides(), started, warmup, sweep_job=multirun)
     # the guard first: its validation-loss check must run before the configured callbacks sample from the model
     callbacks = [
         guard,
@@ -326,10 +330,9 @@ def main(cfg: DictConfig) -> float:
             _remove_new_run_folder(out)
         raise
     except RunDiverged as exc:
-        print(
-            f"\ndiverged: {exc}. Lower optim.lr and start a new run; last good checkpoint kept in {out}",
-            file=sys.stderr,
-        )
+        last = out / "checkpoints" / "last.ckpt"
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
+        print(f"\ndiverged: {exc}. Lower optim.lr and start a new run; {kept}.", file=sys.stderr)
         if not multirun:
             raise SystemExit(DIVERGED_EXIT) from None
     except Exception as exc:
