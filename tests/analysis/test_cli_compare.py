@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,23 @@ def test_the_script_and_the_attention_lab_command_report_errors_the_same_way(
     assert_one_error_line(script.stderr, str(missing))
     assert cli_main(["compare", str(missing)]) == 2
     assert_one_error_line(capsys.readouterr().err, str(missing))
+
+
+def test_jobs_a_stopped_sweep_never_ran_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A signal stops a sweep after job 0; sweep_status.json lists jobs 1 and 2 as not run. The report names the
+    ones still missing (job 2) and not those run since (job 1, continued into <sweep>/1 as the printed command
+    does), so a comparison cannot quietly leave out jobs that never ran."""
+    sweep = tmp_path / "sweep"
+    make_run(sweep, "0_attention=multihead", {"name": "multihead", "num_heads": 4})
+    make_run(sweep, "1", {"name": "gqa", "num_heads": 4, "num_kv_heads": 2})
+    jobs = [
+        {"num": 0, "overrides": ["attention=multihead"], "status": "interrupted"},
+        {"num": 1, "overrides": ["attention=gqa"], "status": "not run"},
+        {"num": 2, "overrides": ["attention=mqa"], "status": "not run"},
+    ]
+    (sweep / "sweep_status.json").write_text(json.dumps({"status": "interrupted", "stopped_job": 0, "jobs": jobs}))
+    assert main([str(sweep)]) == 0
+    stderr = capsys.readouterr().err
+    assert f"never ran: {sweep} job 2: attention=mqa" in stderr and "job 1" not in stderr
+    report = (sweep / "report.md").read_text()
+    assert "## Jobs that never ran" in report and "attention=mqa" in report

@@ -6,9 +6,10 @@ a notebook or a test can make the same report with one call and get back what it
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .grouping import differing_knobs, group_by_seed, run_labels, sort_runs
@@ -26,6 +27,7 @@ class Report:
     runs: list[Run]  # in table order: best final val loss first, failed runs last
     knobs: list[str]  # the config keys that differ between the runs
     written: list[Path]  # tables, then the plots that had something to draw
+    not_run: list[str] = field(default_factory=list)  # jobs a stopped sweep never started, "<sweep> job N: ..."
 
     def counts(self) -> dict[str, int]:
         """Runs per status, every status present (0 included), in status order."""
@@ -35,6 +37,33 @@ class Report:
     def unfinished(self) -> list[Run]:
         """The incomplete and failed runs: the ones whose notes a user must read."""
         return [r for r in self.runs if r.status != OK]
+
+
+def jobs_never_run(paths: Sequence[PathLike]) -> list[str]:
+    """The jobs a signal kept from starting, from each sweep's sweep_status.json, unless they ran since (the
+    printed continue commands run job N into <sweep>/N)."""
+    missing = []
+    for path in paths:
+        status_file = Path(path) / "sweep_status.json"
+        if not status_file.is_file():
+            continue
+        try:
+            jobs = json.loads(status_file.read_text()).get("jobs") or []
+        except (OSError, ValueError):
+            continue
+        for job in jobs:
+            num = job.get("num")
+            ran = (Path(path) / str(num) / "metrics.json").is_file() or any(Path(path).glob(f"{num}_*/metrics.json"))
+            if job.get("status") == "not run" and not ran:
+                missing.append(f"{path} job {num}: {' '.join(job.get('overrides', []))}")
+    return missing
+
+
+def _append_not_run(report_md: Path, not_run: list[str]) -> None:
+    lines = ["", "## Jobs that never ran", "", "A signal stopped the sweep before these started (`sweep_status.json`):"]
+    lines += [f"- {item}" for item in not_run]
+    with report_md.open("a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def default_out(sources: Sequence[PathLike]) -> Path:
@@ -68,4 +97,7 @@ def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int 
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, run_labels(runs, knobs), groups, layer, out)
     tables = write_tables(runs, knobs, groups, out, plots, [Path(p) for p in paths])
-    return Report(runs, knobs, [*tables.values(), *(p for p in plots.values() if p is not None)])
+    not_run = jobs_never_run(paths)
+    if not_run:
+        _append_not_run(tables["report.md"], not_run)
+    return Report(runs, knobs, [*tables.values(), *(p for p in plots.values() if p is not None)], not_run)

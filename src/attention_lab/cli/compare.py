@@ -57,6 +57,8 @@ def print_summary(report: Report) -> None:
     print(f"{len(report.runs)} runs ({counts}); knobs that differ: {', '.join(report.knobs) or 'none'}")
     for run in report.unfinished:
         print(f"  {run.status}: {run.name}: {'; '.join(run.notes)}", file=sys.stderr)
+    for job in report.not_run:
+        print(f"  never ran: {job}", file=sys.stderr)
     for path in report.written:
         print(path)
 
