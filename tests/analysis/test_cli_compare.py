@@ -102,6 +102,7 @@ def test_output_lists_the_counts_the_problems_and_every_file(
     assert err.splitlines() == [f"  failed: 1_attention=gqa: {FAILED_ERROR}"]
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 def test_the_script_and_the_attention_lab_command_report_errors_the_same_way(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -109,6 +109,7 @@ def test_a_short_run_with_the_default_warmup_just_works(tmp_path: Path, corpus: 
     assert "optim.warmup_steps=30" not in " ".join(metrics["overrides"]), "the default, not an override"
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 def test_the_printed_command_to_train_further_works_in_a_shell(tmp_path: Path, corpus: Path, capsys) -> None:
     """The summary prints the command that extends a finished run. It is run here exactly as printed, through a
     shell: the run folder's name holds `=` and `,`, which Hydra's grammar rejects unless quoted."""

@@ -154,6 +154,7 @@ def test_slurm_requeue_signal_still_saves_an_hpc_checkpoint(tmp_path: Path, corp
     assert signal.getsignal(signum) == before, "Lightning restores the handler after fit"
 
 
+@pytest.mark.slow  # several trainings in one test
 def test_a_requeued_slurm_job_reuses_its_folder_and_resumes(tmp_path: Path, corpus: Path, slurm: Path, monkeypatch):
     """SLURM's requeue re-runs the same command in a new process. Old: the folder was named by the time, so the
     requeued job started a new folder from step 0 and never found the hpc checkpoint. Now the folder is named
@@ -187,6 +188,7 @@ def test_a_requeued_slurm_job_reuses_its_folder_and_resumes(tmp_path: Path, corp
     assert metrics["status"] == "ok" and metrics["global_step"] == 6
 
 
+@pytest.mark.slow  # several trainings in one test
 def test_a_requeued_job_that_had_finished_keeps_its_record(tmp_path: Path, corpus: Path, slurm: Path, monkeypatch):
     """Found by a review: a requeue after the job finished handed it its own last.ckpt, which was refused as a
     finished run: exit 2, and in a sweep every finished job's `ok` record was overwritten with `invalid`."""

@@ -51,6 +51,7 @@ def test_reset_forgets_the_peak_of_memory_already_freed() -> None:
     assert memory.source == PER_JOB
 
 
+@pytest.mark.slow  # several trainings in one test
 @needs_clear_refs
 def test_each_sweep_job_reports_its_own_peak(tmp_path: Path, corpus: Path) -> None:
     """Job 0 touches 300 MiB and frees them; job 1 does not. Old: `peak_memory_mb` was the process' ru_maxrss, so

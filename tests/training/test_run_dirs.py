@@ -68,6 +68,7 @@ def test_the_corpus_is_part_of_the_folder_name() -> None:
     assert run_suffix(names["a.txt"]) != run_suffix(names["b.txt"])
 
 
+@pytest.mark.slow  # several trainings in one test
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch, corpus: Path) -> None:
     """Two runs with identical overrides in the same second, and a third on another corpus: three folders,
     each with its own metrics.json and TensorBoard file. Old: one shared folder (the second run overwrote the
@@ -97,6 +98,7 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path, m
     assert not b.name.startswith(first_a), "another corpus gives another folder name, not just a suffix"
 
 
+@pytest.mark.slow  # several trainings in one test
 def test_sweeps_started_in_the_same_second_get_their_own_folders(tmp_path: Path, monkeypatch) -> None:
     """Two sweeps in the same second: two sweep folders, each holding its own jobs. Old: one `sweeps/<time>`
     folder whose job folders (same names) the second sweep overwrote. The jobs fail on purpose, without training:
@@ -153,6 +155,7 @@ def test_multirun_2x2_writes_one_sweep_and_survives_a_failing_job(tmp_path: Path
     assert "model.context_length=100000" in (invalid / "error.txt").read_text()
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 def test_a_sweep_with_an_invalid_job_trains_nothing_and_names_every_bad_job(tmp_path: Path, corpus: Path) -> None:
     """Old behaviour: jobs ran in order, so job 0 trained fully before job 1's bad setting was even looked at,
     and a sweep whose every job was invalid exited 0."""
@@ -169,6 +172,7 @@ def test_a_sweep_with_an_invalid_job_trains_nothing_and_names_every_bad_job(tmp_
     assert not sweeps.exists() or not any(sweeps.iterdir()), "a refused sweep leaves no folder behind"
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 def test_an_experiment_preset_sweep_leaves_exactly_one_sweep_folder(tmp_path: Path, corpus: Path) -> None:
     """The presets override hydra.sweep.dir; Hydra also resolves the default folder expression while composing,
     which reserved (and left behind) one empty folder per composition before release_unused()."""

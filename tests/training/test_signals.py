@@ -51,6 +51,7 @@ def stop_after_first_checkpoint(args: list[str], tmp_path: Path, pattern: str, s
     return code, (tmp_path / "stderr.txt").read_text()
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_the_run_with_a_checkpoint_and_the_resume_command_works(
     tmp_path: Path, corpus: Path, signum: signal.Signals
@@ -85,6 +86,7 @@ def test_a_signal_stops_the_run_with_a_checkpoint_and_the_resume_command_works(
     assert resumed_metrics["status"] == "ok" and resumed_metrics["global_step"] == step + 3
 
 
+@pytest.mark.slow  # a subprocess run: several seconds
 def test_a_signal_during_a_sweep_records_which_jobs_ran_and_how_to_finish(tmp_path: Path, corpus: Path) -> None:
     """Old: the sweep died with the job, and nothing said which jobs had run or how to run the rest."""
     args = ["-m", *tiny(corpus=corpus), *LEAN_CALLBACKS, FOREVER, "trainer.val_check_interval=5", "seed=1,2,3"]
