@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -46,7 +47,7 @@ from ..checkpoint import (
 from ..errors import USAGE_EXIT, UserError
 from . import sweep
 from .callbacks import HParams
-from .guards import SIGNAL_EXIT, LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
+from .guards import LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
 from .run_dir import register_resolvers, release_unused, requeue_checkpoint
@@ -268,14 +269,16 @@ def _remove_new_run_folder(out: Path) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
-def _stop_sweep(out: Path, stop: RunInterrupted) -> None:
+def _recorded_resume(out: Path) -> str | None:
+    """The resume command the run's metrics.json holds (RunSummary wrote it when the signal stopped the run)."""
+    record = out / "metrics.json"
+    return json.loads(record.read_text()).get("resume") if record.is_file() else None
+
+
+def _stop_sweep(out: Path) -> None:
     hydra = HydraConfig.get()
     sweep_dir = Path(hydra.sweep.dir)
-    resume = None
-    metrics = out / "metrics.json"
-    if metrics.is_file():
-        resume = json.loads(metrics.read_text()).get("resume")
-    report = stopped_sweep_report(sweep_dir, int(hydra.job.num), resume)
+    report = stopped_sweep_report(sweep_dir, int(hydra.job.num), _recorded_resume(out))
     (sweep_dir / "sweep_status.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_stopped_sweep(report, sweep_dir), file=sys.stderr, flush=True)
 
@@ -314,15 +317,12 @@ def main(cfg: DictConfig) -> float:
         _record(out, "invalid", cfg, err)
         log.error("job has an invalid setting, the sweep goes on: %s", err)
     except RunInterrupted as stop:
-        name = {v: k for k, v in SIGNAL_EXIT.items()}.get(stop.code, "a signal")
-        resume = (
-            json.loads((out / "metrics.json").read_text()).get("resume") if (out / "metrics.json").is_file() else None
-        )
-        print(f"\nstopped by {getattr(name, 'name', name)} at step {stop.step}: {out}", file=sys.stderr)
+        print(f"\nstopped by {signal.Signals(stop.signum).name} at step {stop.step}: {out}", file=sys.stderr)
+        resume = _recorded_resume(out)
         if resume:
             print(f"resume: {resume}", file=sys.stderr, flush=True)
         if multirun:
-            _stop_sweep(out, stop)
+            _stop_sweep(out)
         raise
     except StopNow as stop:  # before training started: nothing trained, nothing to resume
         print(f"\nstopped before training started: nothing was trained (exit {stop.code})", file=sys.stderr)
