@@ -12,6 +12,7 @@ we refuse it instead).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,23 @@ def _normalise(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
 
+def saved_model(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's GPT kwargs, with the GPT's defaults for settings added after it was written
+    (a checkpoint from before `model.position` existed was trained with learned positions)."""
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(GPT.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **checkpoint["hyper_parameters"].get("model", {})}
+
+
 def check_same_model(checkpoint: dict[str, Any], model: dict[str, Any], path: str | Path) -> None:
     """Raise naming every setting that differs between the checkpoint's model and the configured one.
 
     Only the keys given in `model` are compared, so a check before the tokenizer exists can leave out
     vocab_size."""
-    differences = _differences(checkpoint["hyper_parameters"].get("model", {}), model)
+    differences = _differences(saved_model(checkpoint), model)
     if differences:
         raise CheckpointError(
             f"ckpt_path={path} was trained with a different model ({'; '.join(differences)}): "

@@ -24,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .attention import build_attention, get_variant, resolve_knobs
+from .attention.positions import POSITIONS
 from .attention.registry import KNOB_DOCS
 from .data import TOKENIZERS
 from .errors import UserError
@@ -91,6 +92,8 @@ class ModelSchema:
     emb_dropout: float = probability("0.1")
     resid_dropout: float = probability("0.1")
     tie_weights: bool = setting(bool, expect="true or false", example="true")
+    position: str = setting(str, lambda v: v in POSITIONS, f"one of {', '.join(POSITIONS)}", "rope")
+    rope_base: float = setting(float, lambda v: 1 < v < math.inf, "a number > 1 (RoPE's wavelength base)", "10000.0")
 
 
 @dataclass
@@ -144,6 +147,21 @@ class TrainerSchema:
     accelerator: str = setting(str, lambda v: v in ACCELERATORS, f"one of {', '.join(ACCELERATORS)}", "cpu")
 
 
+def _lengths_ok(value: Any) -> bool:
+    return all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in value)
+
+
+@dataclass
+class EvalSchema:
+    lengths: tuple = setting(
+        (list, tuple),
+        _lengths_ok,
+        "a list of integers >= 1 (multiples of model.context_length; [] evaluates nothing extra)",
+        "[1,2,4]",
+    )
+    position_buckets: int = positive_int("16")
+
+
 @dataclass
 class RunSchema:
     seed: int = non_negative_int("1337")
@@ -158,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "optim": OptimSchema,
     "data": DataSchema,
     "trainer": TrainerSchema,
+    "eval": EvalSchema,
 }
 
 # Ranges of the attention settings; their types and defaults come from the registry (attention/registry.py).
@@ -225,7 +244,9 @@ def _check_attention(cfg: DictConfig) -> None:
     if window is not None and window >= context:
         log.info("attention.window=%d >= model.context_length=%d: plain causal attention", window, context)
     # one small layer checks the rules between settings (heads divide the width, kv heads divide heads)
-    build_attention(name, cfg.model.d_model, min(cfg.model.context_length, 16), **settings)
+    # and the position scheme: alibi with linear, rope with an odd head width
+    position = {"position": cfg.model.get("position", "learned"), "rope_base": cfg.model.get("rope_base", 10000.0)}
+    build_attention(name, cfg.model.d_model, min(cfg.model.context_length, 16), **position, **settings)
 
 
 def attention_yaml(name: str) -> str:
@@ -296,6 +317,7 @@ def known_keys() -> dict[str, set[str]]:
     return {
         "model": _parameters(GPT) - {"vocab_size", "attention"},
         "optim": {f.name for f in fields(OptimSchema)},
+        "eval": {f.name for f in fields(EvalSchema)},
         "data": _parameters(TextDataModule) | {"_target_"},
         "trainer": _parameters(L.Trainer) | {"_target_"},
         "": set(TOP_LEVEL),
@@ -312,6 +334,7 @@ TOP_LEVEL = (
     "callbacks",
     "paths",
     "optim",
+    "eval",
     "seed",
     "compile",
     "ckpt_path",
@@ -335,7 +358,7 @@ def _check_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Every cheap check, before any tokenizing, model building or trainer start. Raises a UserError."""
     _check_keys(cfg)
-    containers = {name: OmegaConf.to_container(cfg[name], resolve=True) for name in SECTIONS}
+    containers = {name: OmegaConf.to_container(cfg.get(name) or {}, resolve=True) for name in SECTIONS}
     for name, schema in SECTIONS.items():
         check_section(f"{name}.", schema, containers[name])
     check_section("", RunSchema, {key: cfg.get(key) for key in ("seed", "compile", "ckpt_path")})

@@ -1,8 +1,13 @@
 """A GPT-2 style decoder whose attention layer comes from the registry (nanoGPT-sized, no Lightning here).
 
-token + learned position embeddings -> N pre-LayerNorm blocks (attention, 4x GELU MLP) -> LayerNorm -> head.
+token embeddings (+ position embeddings) -> N pre-LayerNorm blocks (attention, 4x GELU MLP) -> LayerNorm -> head.
 Dropout is set separately for embeddings (`emb_dropout`), residual branches (`resid_dropout`) and the
 attention weights (the attention config's own `dropout`).
+
+`position` picks how the model knows where a token is: `learned` (GPT-2's table of context_length rows, the
+default) or `sinusoidal` (Vaswani et al.'s fixed table) are added to the token embeddings; `rope` and `alibi`
+act inside every attention layer (attention/positions.py); `none` (NoPE) relies on the causal mask alone.
+Only `learned` ties the model to context_length: the others run on longer sequences than they trained on.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import build_attention, count_params
+from .attention.positions import SinusoidalPositions
 
 
 class MLP(nn.Module):
@@ -30,11 +36,21 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """x + attn(LN(x)), then x + mlp(LN(x)); dropout on each residual branch."""
 
-    def __init__(self, d_model: int, context_length: int, attention: dict[str, Any], resid_dropout: float):
+    def __init__(
+        self,
+        d_model: int,
+        context_length: int,
+        attention: dict[str, Any],
+        resid_dropout: float,
+        position: str = "learned",
+        rope_base: float = 10000.0,
+    ):
         super().__init__()
         knobs = {k: v for k, v in attention.items() if k != "name"}
         self.norm1 = nn.LayerNorm(d_model)
-        self.attn = build_attention(attention["name"], d_model, context_length, **knobs)
+        self.attn = build_attention(
+            attention["name"], d_model, context_length, position=position, rope_base=rope_base, **knobs
+        )
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model)
         self.drop_resid = nn.Dropout(resid_dropout)
@@ -66,15 +82,23 @@ class GPT(nn.Module):
         emb_dropout: float = 0.1,
         resid_dropout: float = 0.1,
         tie_weights: bool = True,
+        position: str = "learned",
+        rope_base: float = 10000.0,
     ):
         super().__init__()
         if "name" not in attention:
             raise ValueError("the attention config needs a `name` (e.g. attention=multihead).")
         self.vocab_size, self.context_length, self.n_layers = vocab_size, context_length, n_layers
+        self.position = position
         self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(context_length, d_model)
+        if position == "learned":
+            self.pos_emb = nn.Embedding(context_length, d_model)
+        elif position == "sinusoidal":
+            self.sinusoidal = SinusoidalPositions(d_model)
         self.drop_emb = nn.Dropout(emb_dropout)
-        self.blocks = nn.ModuleList([Block(d_model, context_length, attention, resid_dropout) for _ in range(n_layers)])
+        self.blocks = nn.ModuleList(
+            [Block(d_model, context_length, attention, resid_dropout, position, rope_base) for _ in range(n_layers)]
+        )
         self.final_norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
@@ -98,17 +122,30 @@ class GPT(nn.Module):
             if name.startswith("W_") and param.dim() == 2:
                 nn.init.normal_(param, mean=0.0, std=0.02)
 
+    @property
+    def max_length(self) -> int | None:
+        """The longest sequence the model can take: context_length with learned positions, else no limit."""
+        return self.context_length if self.position == "learned" else None
+
+    def _embed(self, idx: Tensor, start: int) -> Tensor:
+        t = idx.shape[1]
+        x = self.tok_emb(idx)  # (B, T, d_model)
+        if self.position == "learned":
+            if start + t > self.context_length:
+                raise ValueError(
+                    f"{start + t} positions exceed model.context_length={self.context_length}, the size of the "
+                    "learned position table: crop the input (generation does this for you), train with a larger "
+                    "context_length, or use a scheme without a table (model.position=rope, alibi or none)."
+                )
+            x = x + self.pos_emb(torch.arange(start, start + t, device=idx.device))
+        elif self.position == "sinusoidal":
+            x = x + self.sinusoidal(start, t).to(x.dtype)
+        return self.drop_emb(x)
+
     def forward(self, idx: Tensor, return_weights: bool = False, cache: KVCache | None = None):
         """idx (B, T) -> logits (B, T, vocab); with `return_weights`, also a list of (B, H, T, Tk) per layer."""
-        start = 0 if cache is None else cache.length
+        x = self._embed(idx, 0 if cache is None else cache.length)  # (B, T, d_model)
         t = idx.shape[1]
-        if start + t > self.context_length:
-            raise ValueError(
-                f"{start + t} positions exceed model.context_length={self.context_length}: crop the input "
-                "(generation does this for you) or train with a larger context_length."
-            )
-        positions = torch.arange(start, start + t, device=idx.device)
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, d_model)
         all_weights = []
         for i, block in enumerate(self.blocks):
             x, weights = block(x, return_weights, None if cache is None else cache.layers[i])
@@ -122,7 +159,7 @@ class GPT(nn.Module):
         """Total (shared weights counted once), attention-only, and non-embedding (no token/position tables)."""
         total = count_params(self)
         attention = sum(count_params(block.attn) for block in self.blocks)
-        embeddings = self.tok_emb.weight.numel() + self.pos_emb.weight.numel()
+        embeddings = self.tok_emb.weight.numel() + (self.pos_emb.weight.numel() if self.position == "learned" else 0)
         return {"total": total, "attention": attention, "non_embedding": total - embeddings}
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:

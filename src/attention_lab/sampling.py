@@ -2,9 +2,12 @@
 
 This is all the training callbacks import for their text samples. The cache (`model.KVCache`) holds what each
 variant needs: K/V heads (only the shared ones for gqa/mqa), the last window - 1 tokens for sliding_window, the
-latent for latent, the running sums for linear. Positions are learned and absolute, so once a sequence outgrows
-`context_length` every step must recompute the cropped window; from there on the cache cannot help and sampling
-continues uncached (same tokens either way).
+latent (and, with rope, its shared rotary key) for latent, the running sums for linear.
+
+With `model.position=learned` the position table ends at `context_length`, so once a sequence outgrows it every
+step must recompute the cropped window; from there on the cache cannot help and sampling continues uncached
+(same tokens either way). Every other scheme has no table: decoding goes on past `context_length` with the
+cache, each new token at its true absolute position (sliding_window's cache stays bounded at window - 1 tokens).
 """
 
 from __future__ import annotations
@@ -40,14 +43,15 @@ def generate(
     """Extend idx (B, T) by up to `max_new_tokens`; stops early once every row has produced `eot_token`."""
     was_training = model.training
     model.eval()
-    ctx = model.context_length
-    cache = KVCache(model.n_layers) if use_cache and idx.shape[1] <= ctx else None
+    limit = model.max_length  # None: no position table, nothing to crop
+    cache = KVCache(model.n_layers) if use_cache and (limit is None or idx.shape[1] <= limit) else None
     pending = idx  # tokens the model has not seen yet (with a cache) or the whole sequence (without)
     finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
     for _ in range(max_new_tokens):
-        if cache is not None and cache.length + pending.shape[1] > ctx:
+        if cache is not None and limit is not None and cache.length + pending.shape[1] > limit:
             cache, pending = None, idx  # outgrew the learned positions: recompute the cropped window
-        logits = model(pending if cache is not None else idx[:, -ctx:], cache=cache)[:, -1]  # (B, vocab)
+        window = idx if limit is None else idx[:, -limit:]
+        logits = model(pending if cache is not None else window, cache=cache)[:, -1]  # (B, vocab)
         next_id = sample_next(logits, temperature, top_k, generator)  # (B, 1)
         if eot_token is not None:
             next_id = next_id.masked_fill(finished[:, None], eot_token)

@@ -179,10 +179,24 @@ def test_multihead_rejects_indivisible_width() -> None:
         MultiHeadAttention(3, 2, 6, 0.0, num_heads=3)
 
 
-def test_causal_mask_is_a_non_persistent_buffer() -> None:
-    mha = MultiHeadAttention(3, 2, 6, 0.0, num_heads=2)
-    assert "allowed" in dict(mha.named_buffers())
-    assert not any(key.startswith("allowed") for key in mha.state_dict())
+def test_the_causal_mask_is_built_per_length_not_sized_up_front() -> None:
+    """No (T, T) buffer: a module built for 6 tokens runs on 24 and stays causal there."""
+    mha = MultiHeadAttention(3, 2, 6, 0.0, num_heads=2).eval()
+    assert dict(mha.named_buffers()) == {}
+    assert set(mha.state_dict()) == {
+        "W_query.weight",
+        "W_key.weight",
+        "W_value.weight",
+        "out_proj.weight",
+        "out_proj.bias",
+    }
+    x = torch.randn(1, 24, 3)
+    with torch.no_grad():
+        out, weights = mha(x, return_weights=True)
+        changed = mha(torch.cat((x[:, :12], torch.randn(1, 12, 3)), dim=1))
+    assert weights.shape == (1, 2, 24, 24)
+    assert torch.all(weights.triu(diagonal=1) == 0)
+    torch.testing.assert_close(changed[:, :12], out[:, :12])
 
 
 # --- unbatched (T, d_in) and batched (B, T, d_in) inputs ---------------------------------------------------

@@ -7,6 +7,7 @@ shared, so the fast kernels never materialise (B, H, T, T) during training.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .functional import (
@@ -16,20 +17,25 @@ from .functional import (
     check_divisible,
     divisors,
     extend_cache,
+    float_mask,
     merge_heads,
     sdpa_attention,
-    slice_allowed,
     split_heads,
 )
+from .positions import NO_POSITIONS, NoPositions, build_positions, take_positions
 
 
 class HeadedAttention(nn.Module):
     """Causal multi-head attention with `num_kv_heads` K/V heads shared by groups of query heads.
 
     Shapes: x (B, T, d_model) -> (B, T, d_model); q (B, H, T, hd); k, v (B, H_kv, T, hd).
+    Masks and position biases are built for the lengths seen, so `context_length` limits nothing here (the
+    model's learned position table, if it has one, does).
     """
 
     kernel = "explicit"  # or "sdpa": F.scaled_dot_product_attention in the training path
+    window: int | None = None  # keys each query sees (sliding_window); None: all earlier keys
+    position: NoPositions = NO_POSITIONS  # rope / alibi once `use_positions` attached one
 
     def __init__(
         self,
@@ -49,31 +55,41 @@ class HeadedAttention(nn.Module):
                 f"attention.num_kv_heads to a divisor of {num_heads} (one of {divisors(num_heads)})."
             )
         self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
+        self.context_length = context_length
         self.dropout_p = dropout
         self._init_projections(d_model, qkv_bias)
         self.out_proj = nn.Linear(d_model, d_model)
         self.dropout = nn.Dropout(dropout)
-        self.register_buffer("allowed", self._build_mask(context_length), persistent=False)  # (T, T)
 
-    # --- the three things a variant may change -------------------------------------------------------
+    def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
+        """Attach what `scheme` does inside this layer: rope rotates q and k, alibi biases the scores."""
+        self.position = build_positions(scheme, self.num_heads, self.head_dim, rope_base)
+
+    # --- the things a variant may change -------------------------------------------------------------
     def _init_projections(self, d_model: int, qkv_bias: bool) -> None:
         kv_width = self.num_kv_heads * self.head_dim
         self.W_query = nn.Linear(d_model, d_model, bias=qkv_bias)
         self.W_key = nn.Linear(d_model, kv_width, bias=qkv_bias)
         self.W_value = nn.Linear(d_model, kv_width, bias=qkv_bias)
 
-    def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The new tokens' q (B, H, T, hd), k and v (B, H_kv, T, hd)."""
         q = split_heads(self.W_query(x), self.num_heads)
-        k, v = extend_cache(
-            cache,
-            2,
-            k=split_heads(self.W_key(x), self.num_kv_heads),
-            v=split_heads(self.W_value(x), self.num_kv_heads),
-        )
+        k = split_heads(self.W_key(x), self.num_kv_heads)
+        v = split_heads(self.W_value(x), self.num_kv_heads)
         return q, k, v
 
-    def _build_mask(self, context_length: int) -> Tensor:
-        return causal_allowed(context_length)
+    def _remember(self, cache: dict | None, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new keys/values to the cache; returns every key/value the queries may see."""
+        k, v = extend_cache(cache, 2, k=k, v=v)
+        return k, v
+
+    def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+        start = take_positions(cache, x.shape[1])  # absolute position of x[:, 0]
+        q, k, v = self._qkv(x)
+        q, k = self.position.rotate(q, k, start=start)  # rope: keys are cached already rotated
+        k, v = self._remember(cache, k, v)
+        return q, k, v
 
     def _context(self, q: Tensor, k: Tensor, v: Tensor, cache: dict | None) -> Tensor:
         """Training path: the explicit formula, or SDPA's fused kernel when the class sets kernel = "sdpa"."""
@@ -81,11 +97,17 @@ class HeadedAttention(nn.Module):
             return self._explicit(q, k, v)[0]
         p = self.dropout_p if self.training else 0.0
         grouped = self.num_kv_heads != self.num_heads
-        return sdpa_attention(q, k, v, self._sdpa_mask(q.shape[2], k.shape[2]), p, enable_gqa=grouped)
+        mask = self._sdpa_mask(q.shape[2], k.shape[2], q.device)
+        return sdpa_attention(q, k, v, mask, p, enable_gqa=grouped)
 
-    def _sdpa_mask(self, t_q: int, t_k: int) -> Tensor | None:
-        # None lets SDPA use is_causal; that aligns top-left, wrong for t_q < t_k (decoding with a cache).
-        return None if t_q == t_k else self._mask(t_q, t_k)
+    def _sdpa_mask(self, t_q: int, t_k: int, device: torch.device) -> Tensor | None:
+        """None lets SDPA use is_causal (and its fastest kernels); that aligns top-left, so only for t_q == t_k
+        and plain causal attention. Otherwise the band, with the position bias folded in as a float mask."""
+        bias = self.position.bias(t_q, t_k, device)
+        if bias is None and t_q == t_k and self.window is None:
+            return None
+        allowed = self._mask(t_q, t_k, device)
+        return allowed if bias is None else float_mask(allowed, bias)
 
     # --- shared --------------------------------------------------------------------------------------
     def _expand_kv(self, t: Tensor) -> Tensor:
@@ -93,11 +115,13 @@ class HeadedAttention(nn.Module):
         group = self.num_heads // self.num_kv_heads
         return t if group == 1 else t.repeat_interleave(group, dim=1)
 
-    def _mask(self, t_q: int, t_k: int) -> Tensor:
-        return slice_allowed(self.allowed, t_q, t_k)  # (Tq, Tk) bool
+    def _mask(self, t_q: int, t_k: int, device: torch.device) -> Tensor:
+        return causal_allowed(t_q, t_k, self.window, device)  # (Tq, Tk) bool, lower-right aligned
 
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        weights = attention_weights(q, self._expand_kv(k), self._mask(q.shape[2], k.shape[2]))  # (B, H, Tq, Tk)
+        t_q, t_k = q.shape[2], k.shape[2]
+        mask, bias = self._mask(t_q, t_k, q.device), self.position.bias(t_q, t_k, q.device)
+        weights = attention_weights(q, self._expand_kv(k), mask, bias=bias)  # (B, H, Tq, Tk)
         return self.dropout(weights) @ self._expand_kv(v), weights
 
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):

@@ -6,7 +6,8 @@ simplified (no weights) -> SelfAttentionV1 (nn.Parameter Q/K/V) -> SelfAttention
 
 Under the chapter's seeds these reproduce its printed numbers (see tests/test_classic.py). Every module
 also takes an unbatched (T, d_in) input, `return_weights=True` (weights (B, H, T, T), H = 1 for single
-head) and an optional per-layer `cache` dict for incremental decoding.
+head) and an optional per-layer `cache` dict for incremental decoding. A position scheme that acts inside
+attention (rope, alibi) is attached after construction with `use_positions`, so the signatures stay the book's.
 """
 
 from __future__ import annotations
@@ -15,28 +16,49 @@ import torch
 from torch import Tensor, nn
 
 from .functional import (
+    AttentionConfigError,
     attention_weights,
     causal_allowed,
     check_divisible,
     extend_cache,
     merge_heads,
-    slice_allowed,
     split_heads,
 )
+from .positions import NO_POSITIONS, ALiBi, NoPositions, alibi_slopes, build_positions, take_positions
 
 
 class _ChapterAttention(nn.Module):
-    """Shared plumbing: unbatched inputs, the optional causal mask buffer, `return_weights`."""
+    """Shared plumbing: unbatched inputs, the optional causal mask, position schemes, `return_weights`."""
+
+    position: NoPositions = NO_POSITIONS  # rope / alibi once `use_positions` attached one
 
     def _init_mask(self, causal: bool, context_length: int | None) -> None:
         self.causal = causal
         if causal and context_length is None:
-            raise ValueError("causal=True needs context_length (the longest sequence the mask must cover).")
-        mask = causal_allowed(context_length) if causal else None
-        self.register_buffer("allowed", mask, persistent=False)  # (T, T) bool, built once
+            raise ValueError("causal=True needs context_length (the longest sequence the model is trained on).")
+        self.context_length = context_length  # the mask itself is built per length: it limits nothing
 
-    def _allowed(self, t_q: int, t_k: int) -> Tensor | None:
-        return None if self.allowed is None else slice_allowed(self.allowed, t_q, t_k)
+    def _allowed(self, t_q: int, t_k: int, device: torch.device) -> Tensor | None:
+        return causal_allowed(t_q, t_k, device=device) if self.causal else None  # (Tq, Tk) bool
+
+    def _weights(self, queries: Tensor, keys: Tensor, scale: float | None = None) -> Tensor:
+        """Softmax weights (B, Tq, Tk) of new queries over all keys, with the mask and any position bias."""
+        t_q, t_k, device = queries.shape[-2], keys.shape[-2], queries.device
+        bias = self.position.bias(t_q, t_k, device)  # (1, Tq, Tk) for one head, or None
+        return attention_weights(queries, keys, self._allowed(t_q, t_k, device), scale, bias)
+
+    def _head_shape(self) -> tuple[int, int]:
+        """(heads, width of one head): what rope rotates and how many alibi slopes."""
+        return 1, self.W_key.shape[1] if isinstance(self.W_key, nn.Parameter) else self.W_key.out_features
+
+    def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
+        """Attach what `scheme` does inside attention (rope: rotate q and k; alibi: bias the scores)."""
+        self.position = build_positions(scheme, *self._head_shape(), rope_base)
+
+    def _rotated(self, queries: Tensor, keys: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
+        """The new tokens' queries and keys at their absolute positions (identity unless rope)."""
+        start = take_positions(cache, queries.shape[-2])
+        return self.position.rotate(queries, keys, start=start)
 
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
         unbatched = x.dim() == 2
@@ -65,10 +87,19 @@ class SimplifiedSelfAttention(_ChapterAttention):
         self.d_in = d_in  # only needed to report KV-cache size: the module has no weights to infer it from
         self._init_mask(causal, context_length)
 
+    def _head_shape(self) -> tuple[int, int]:
+        if self.d_in is None:
+            raise AttentionConfigError("build SimplifiedSelfAttention(d_in=...) to give it a position scheme.")
+        return 1, self.d_in
+
     def _attend(self, x, cache):
-        (keys,) = extend_cache(cache, 1, x=x)  # the cache holds the inputs: they are keys and values
-        weights = attention_weights(x, keys, self._allowed(x.shape[1], keys.shape[1]), scale=1.0)
-        return weights @ keys, weights.unsqueeze(1)
+        start = take_positions(cache, x.shape[1])
+        (inputs,) = extend_cache(cache, 1, x=x)  # the cache holds the inputs: they are keys and values
+        # rope rotates queries and keys, not values: the cached inputs are rotated afresh at their positions
+        (queries,) = self.position.rotate(x, start=start)
+        (keys,) = self.position.rotate(inputs, start=start + x.shape[1] - inputs.shape[1])
+        weights = self._weights(queries, keys, scale=1.0)
+        return weights @ inputs, weights.unsqueeze(1)
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         if self.d_in is None:
@@ -87,9 +118,9 @@ class SelfAttentionV1(_ChapterAttention):
         self._init_mask(causal, context_length)
 
     def _attend(self, x, cache):
-        queries = x @ self.W_query  # (B, T, d_out)
-        keys, values = extend_cache(cache, 1, k=x @ self.W_key, v=x @ self.W_value)
-        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))
+        queries, keys = self._rotated(x @ self.W_query, x @ self.W_key, cache)  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=keys, v=x @ self.W_value)
+        weights = self._weights(queries, keys)
         return weights @ values, weights.unsqueeze(1)
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
@@ -115,9 +146,9 @@ class SelfAttentionV2(_ChapterAttention):
         self._init_mask(causal, context_length)
 
     def _attend(self, x, cache):
-        queries = self.W_query(x)  # (B, T, d_out)
-        keys, values = extend_cache(cache, 1, k=self.W_key(x), v=self.W_value(x))
-        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))
+        queries, keys = self._rotated(self.W_query(x), self.W_key(x), cache)  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=keys, v=self.W_value(x))
+        weights = self._weights(queries, keys)
         return weights @ values, weights.unsqueeze(1)
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
@@ -133,9 +164,9 @@ class CausalAttention(SelfAttentionV2):
         self.dropout = nn.Dropout(dropout)
 
     def _attend(self, x, cache):
-        queries = self.W_query(x)  # (B, T, d_out)
-        keys, values = extend_cache(cache, 1, k=self.W_key(x), v=self.W_value(x))
-        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[1]))  # (B, T, T)
+        queries, keys = self._rotated(self.W_query(x), self.W_key(x), cache)  # (B, T, d_out)
+        keys, values = extend_cache(cache, 1, k=keys, v=self.W_value(x))
+        weights = self._weights(queries, keys)  # (B, T, T)
         return self.dropout(weights) @ values, weights.unsqueeze(1)
 
 
@@ -155,6 +186,13 @@ class MultiHeadAttentionWrapper(_ChapterAttention):
         self.heads = nn.ModuleList(
             [CausalAttention(d_in, d_out, context_length, dropout, qkv_bias) for _ in range(num_heads)]
         )
+
+    def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
+        """Each head is its own CausalAttention: rope per head, alibi with head i's slope of the whole set."""
+        slopes = alibi_slopes(len(self.heads))
+        for i, head in enumerate(self.heads):
+            width = head.W_key.out_features
+            head.position = ALiBi([slopes[i]]) if scheme == "alibi" else build_positions(scheme, 1, width, rope_base)
 
     def _attend(self, x, cache):
         n = len(self.heads)
@@ -190,15 +228,14 @@ class MultiHeadAttention(_ChapterAttention):
 
     def _attend(self, x, cache):
         queries = split_heads(self.W_query(x), self.num_heads)  # (B, H, T, hd)
-        keys, values = extend_cache(
-            cache,
-            2,
-            k=split_heads(self.W_key(x), self.num_heads),
-            v=split_heads(self.W_value(x), self.num_heads),
-        )
-        weights = attention_weights(queries, keys, self._allowed(x.shape[1], keys.shape[2]))  # (B, H, T, T)
+        queries, keys = self._rotated(queries, split_heads(self.W_key(x), self.num_heads), cache)
+        keys, values = extend_cache(cache, 2, k=keys, v=split_heads(self.W_value(x), self.num_heads))
+        weights = self._weights(queries, keys)  # (B, H, T, T)
         context = merge_heads(self.dropout(weights) @ values)  # (B, T, d_out)
         return self.out_proj(context), weights
+
+    def _head_shape(self) -> tuple[int, int]:
+        return self.num_heads, self.head_dim
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return 2 * self.d_out * bytes_per_element

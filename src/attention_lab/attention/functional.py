@@ -47,56 +47,56 @@ def merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, t, h * hd)
 
 
-def causal_allowed(context_length: int, window: int | None = None) -> Tensor:
-    """Boolean (T, T) mask, True where query i may attend to key j.
+def causal_allowed(t_q: int, t_k: int | None = None, window: int | None = None, device=None) -> Tensor:
+    """Boolean (Tq, Tk) mask, True where query i may attend to key j, for the last t_q queries over t_k keys.
 
-    Causal: j <= i. With `window`, also j > i - window, so each query sees `window` keys (itself included).
+    Lower-right aligned: with a KV cache the queries are the newest positions, so query row r sits at position
+    t_k - t_q + r. Causal: j <= i. With `window`, also j > i - window, so each query sees `window` keys (itself
+    included). Built for the lengths asked for, never sized up front: no (T, T) buffer limits the length.
     """
-    i = torch.arange(context_length)[:, None]
-    j = torch.arange(context_length)[None, :]
+    t_k = t_q if t_k is None else t_k
+    i = torch.arange(t_k - t_q, t_k, device=device)[:, None]
+    j = torch.arange(t_k, device=device)[None, :]
     allowed = j <= i
     if window is not None:
         allowed &= j > i - window
     return allowed
 
 
-def slice_allowed(allowed: Tensor, t_q: int, t_k: int) -> Tensor:
-    """The (t_q, t_k) block of a cached mask for the last t_q queries over t_k keys (lower-right aligned).
+def attention_weights(
+    q: Tensor, k: Tensor, allowed: Tensor | None, scale: float | None = None, bias: Tensor | None = None
+) -> Tensor:
+    """softmax(q k^T * scale + bias) with disallowed positions removed; post-softmax, pre-dropout.
 
-    With a KV cache the queries are the newest positions, so they sit at rows t_k - t_q .. t_k - 1.
-    """
-    if t_k > allowed.shape[0]:
-        raise ValueError(
-            f"sequence of {t_k} tokens is longer than the context_length={allowed.shape[0]} this attention "
-            "was built for: crop the input or build the model with a larger model.context_length."
-        )
-    return allowed[t_k - t_q : t_k, :t_k]
-
-
-def attention_weights(q: Tensor, k: Tensor, allowed: Tensor | None, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale) with disallowed positions removed; post-softmax, pre-dropout.
-
-    q: (B, H, Tq, hd), k: (B, H, Tk, hd), allowed: (Tq, Tk) bool -> (B, H, Tq, Tk).
+    q: (B, H, Tq, hd), k: (B, H, Tk, hd), allowed: (Tq, Tk) bool, bias: (H, Tq, Tk) float -> (B, H, Tq, Tk).
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if bias is not None:
+        scores = scores + bias
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
+def float_mask(allowed: Tensor, bias: Tensor) -> Tensor:
+    """A boolean mask and an additive bias as the one float mask SDPA takes: bias where allowed, -inf elsewhere."""
+    return bias.masked_fill(~allowed, float("-inf"))  # (H, Tq, Tk)
+
+
 def sdpa_attention(
-    q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, dropout_p: float, enable_gqa: bool = False
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float, enable_gqa: bool = False
 ) -> Tensor:
     """PyTorch's fused kernel (flash / memory-efficient / math, whichever the device offers).
 
-    Causality is folded into `allowed` rather than combined with `is_causal`, whose behaviour with an
-    explicit mask differs per backend; `allowed=None` (only valid for Tq == Tk) means plain causal.
-    With `enable_gqa`, k/v may have fewer heads; query head h reads K/V head h // (H / H_kv).
+    Causality is folded into `mask` (boolean: True = may attend; float: added to the scores, -inf = may not)
+    rather than combined with `is_causal`, whose behaviour with an explicit mask differs per backend;
+    `mask=None` (only valid for Tq == Tk) means plain causal. With `enable_gqa`, k/v may have fewer heads;
+    query head h reads K/V head h // (H / H_kv).
     """
-    if allowed is None:
+    if mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=enable_gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p, enable_gqa=enable_gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=enable_gqa)
 
 
 def count_params(module: torch.nn.Module) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import HeadedAttention
-from .functional import extend_cache, split_heads
+from .functional import split_heads
 
 
 class FusedAttention(HeadedAttention):
@@ -14,9 +14,8 @@ class FusedAttention(HeadedAttention):
     def _init_projections(self, d_model: int, qkv_bias: bool) -> None:
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=qkv_bias)  # rows: [W_query; W_key; W_value]
 
-    def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
-        k, v = extend_cache(cache, 2, k=k, v=v)
         return q, k, v
 
 

@@ -1,18 +1,27 @@
-"""`latent`: multi-head latent attention (DeepSeek-V2, 2024), without the decoupled RoPE (positions here
-are learned embeddings). K and V are expanded from a shared `latent_dim` vector per token, and only that
-latent is cached: latent_dim numbers per token instead of 2 * d_model.
+"""`latent`: multi-head latent attention (DeepSeek-V2, 2024). K and V are expanded from a shared `latent_dim`
+vector per token, and only that latent is cached: latent_dim numbers per token instead of 2 * d_model.
+
+RoPE cannot rotate keys that are re-expanded from the cache at every step, so with `model.position=rope` this
+layer does what MLA does: a *decoupled* rotary part. Each query head gets `rope_dim` extra features
+(W_query_rope) and all heads share one rotary key of `rope_dim` features (W_key_rope); both are rotated and
+concatenated to the content parts, so scores are (q_c . k_c + q_r . k_r) / sqrt(head_dim + rope_dim). The cache
+then holds the latent and the rotated shared key: latent_dim + rope_dim numbers per token. rope_dim is
+head_dim / 2 (rounded down to even), DeepSeek-V2's ratio. The other schemes need no extra parameters.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .base import HeadedAttention
 from .functional import AttentionConfigError, extend_cache, split_heads
+from .positions import Rotary, take_positions
 
 
 class LatentAttention(HeadedAttention):
     kernel = "sdpa"
+    rope_dim = 0  # width of the decoupled rotary part (0: no rope)
 
     def __init__(self, d_model: int, context_length: int, num_heads: int, latent_dim: int, **kwargs):
         if not isinstance(latent_dim, int) or latent_dim < 1:
@@ -29,12 +38,29 @@ class LatentAttention(HeadedAttention):
         self.W_up_key = nn.Linear(self.latent_dim, d_model, bias=False)
         self.W_up_value = nn.Linear(self.latent_dim, d_model, bias=False)
 
+    def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
+        if scheme != "rope":
+            return super().use_positions(scheme, rope_base)
+        self.rope_dim = max(2, self.head_dim // 2 // 2 * 2)
+        self.W_query_rope = nn.Linear(self.d_model, self.num_heads * self.rope_dim, bias=False)
+        self.W_key_rope = nn.Linear(self.d_model, self.rope_dim, bias=False)  # one rotary key for all heads
+        self.position = Rotary(self.rope_dim, rope_base)
+
     def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
-        q = split_heads(self.W_query(x), self.num_heads)
-        (latent,) = extend_cache(cache, 1, latent=self.W_down_kv(x))  # (B, Tk, latent_dim)
-        k = split_heads(self.W_up_key(latent), self.num_heads)
+        start = take_positions(cache, x.shape[1])
+        q = split_heads(self.W_query(x), self.num_heads)  # (B, H, T, hd)
+        if not self.rope_dim:
+            (latent,) = extend_cache(cache, 1, latent=self.W_down_kv(x))  # (B, Tk, latent_dim)
+            k = split_heads(self.W_up_key(latent), self.num_heads)
+            v = split_heads(self.W_up_value(latent), self.num_heads)
+            return q, k, v
+        q_rope = split_heads(self.W_query_rope(x), self.num_heads)  # (B, H, T, rope_dim)
+        q_rope, k_rope = self.position.rotate(q_rope, self.W_key_rope(x), start=start)  # k_rope (B, T, rope_dim)
+        latent, k_rope = extend_cache(cache, 1, latent=self.W_down_kv(x), k_rope=k_rope)  # (B, Tk, .)
+        k = split_heads(self.W_up_key(latent), self.num_heads)  # (B, H, Tk, hd)
+        shared = k_rope[:, None].expand(-1, self.num_heads, -1, -1)  # (B, H, Tk, rope_dim)
         v = split_heads(self.W_up_value(latent), self.num_heads)
-        return q, k, v
+        return torch.cat((q, q_rope), dim=-1), torch.cat((k, shared), dim=-1), v
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
-        return self.latent_dim * bytes_per_element
+        return (self.latent_dim + self.rope_dim) * bytes_per_element

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HeadedAttention
+from .functional import AttentionConfigError, merge_heads
+from .positions import take_positions
 
 EPS = 1e-6
 CHUNK = 64
@@ -27,24 +29,46 @@ def feature_map(x: Tensor) -> Tensor:
 class LinearAttention(HeadedAttention):
     kernel = "linear"  # chunked prefix sums of phi(q) phi(k)^T: no (T, T) matrix in training
 
+    def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
+        if scheme == "alibi":
+            raise AttentionConfigError(
+                "attention=linear cannot use model.position=alibi: ALiBi adds a bias to each score before a "
+                "softmax, and linear attention has neither a score matrix nor a softmax (its running sums "
+                "cannot carry a per-distance bias). Use model.position=rope, learned, sinusoidal or none."
+            )
+        super().use_positions(scheme, rope_base)
+
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
         if return_weights and cache is not None:
             raise ValueError(
                 "linear attention caches running sums, not keys, so return_weights=True is not available while "
                 "decoding with a cache: run the full sequence without a cache to get its weights."
             )
-        return super().forward(x, return_weights, cache)
+        start = take_positions(cache, x.shape[1])
+        q, k, v = self._qkv(x)  # the cache holds running sums, not keys
+        q, k = feature_map(q), feature_map(k)
+        # rope, as RoFormer (eq. 19) pairs it with linear attention: rotate phi(q), phi(k) in the numerator
+        # only; the denominator keeps phi(q) . phi(k) > 0. Without rope both are the same tensors.
+        q_rot, k_rot = self.position.rotate(q, k, start=start)
+        if return_weights:
+            context, weights = self._quadratic(q, k, q_rot, k_rot, v)
+        else:
+            context = self._chunked(q, k, q_rot, k_rot, v, cache)  # (B, H, T, hd)
+        out = self.out_proj(merge_heads(context))  # (B, T, d_model)
+        return (out, weights) if return_weights else out
 
-    def _project(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = super()._project(x, None)  # the cache holds running sums, not keys
-        return feature_map(q), feature_map(k), v
-
-    def _context(self, q: Tensor, k: Tensor, v: Tensor, cache: dict | None) -> Tensor:
+    def _chunked(self, q: Tensor, k: Tensor, q_rot: Tensor, k_rot: Tensor, v: Tensor, cache: dict | None) -> Tensor:
         b, h, t, d = q.shape
         c = min(CHUNK, t)
         pad = -t % c  # zero keys/values add nothing to the sums; padded queries are cut off below
-        q, k, v = (F.pad(z, (0, 0, 0, pad)).view(b, h, -1, c, d) for z in (q, k, v))  # (B, H, N, C, hd)
-        chunk_state = k.transpose(-2, -1) @ v  # (B, H, N, hd, hd): sum of k_s v_s^T within each chunk
+        rotated = q_rot is not q
+
+        def chunks(z: Tensor) -> Tensor:
+            return F.pad(z, (0, 0, 0, pad)).view(b, h, -1, c, z.shape[-1])  # (B, H, N, C, .)
+
+        q, k, v = chunks(q), chunks(k), chunks(v)
+        q_rot, k_rot = (chunks(q_rot), chunks(k_rot)) if rotated else (q, k)
+        chunk_state = k_rot.transpose(-2, -1) @ v  # (B, H, N, hd, hd): sum of k_s v_s^T within each chunk
         chunk_norm = k.sum(dim=3)  # (B, H, N, hd)
         state = chunk_state.cumsum(dim=2) - chunk_state  # exclusive prefix: the chunks before this one
         norm = chunk_norm.cumsum(dim=2) - chunk_norm
@@ -56,16 +80,21 @@ class LinearAttention(HeadedAttention):
                 state[:, :, -1] + chunk_state[:, :, -1],
                 norm[:, :, -1] + chunk_norm[:, :, -1],
             )
-        within = (q @ k.transpose(-2, -1)).masked_fill(~self._mask(c, c), 0.0)  # (B, H, N, C, C), causal
-        numerator = within @ v + q @ state  # (B, H, N, C, hd)
-        denominator = within.sum(dim=-1, keepdim=True) + q @ norm.unsqueeze(-1) + EPS  # (B, H, N, C, 1)
+        causal = self._mask(c, c, q.device)
+        within = (q_rot @ k_rot.transpose(-2, -1)).masked_fill(~causal, 0.0)  # (B, H, N, C, C)
+        within_norm = (q @ k.transpose(-2, -1)).masked_fill(~causal, 0.0) if rotated else within
+        numerator = within @ v + q_rot @ state  # (B, H, N, C, hd)
+        denominator = within_norm.sum(dim=-1, keepdim=True) + q @ norm.unsqueeze(-1) + EPS  # (B, H, N, C, 1)
         context = (numerator / denominator).view(b, h, -1, d)[:, :, :t]  # (B, H, T, hd)
         return self.dropout(context)
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """The same map in quadratic form; weights (B, H, T, T) are the normalised kernel scores."""
-        scores = (q @ k.transpose(-2, -1)).masked_fill(~self._mask(q.shape[2], k.shape[2]), 0.0)
-        weights = scores / (scores.sum(dim=-1, keepdim=True) + EPS)
+    def _quadratic(self, q: Tensor, k: Tensor, q_rot: Tensor, k_rot: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """The same map in quadratic form; weights (B, H, T, T) are the normalised kernel scores (with rope,
+        rotated scores over unrotated sums, so a row need not sum to 1)."""
+        allowed = self._mask(q.shape[2], k.shape[2], q.device)
+        scores = (q_rot @ k_rot.transpose(-2, -1)).masked_fill(~allowed, 0.0)  # (B, H, T, T)
+        norms = scores if q_rot is q else (q @ k.transpose(-2, -1)).masked_fill(~allowed, 0.0)
+        weights = scores / (norms.sum(dim=-1, keepdim=True) + EPS)
         return self.dropout(weights @ v), weights
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:

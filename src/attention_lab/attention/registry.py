@@ -1,7 +1,8 @@
 """Name -> builder for every attention variant (the Hydra group `conf/attention/` mirrors this table).
 
-`build_attention(name, d_model, context_length, **knobs)` validates the name, the knob names and their
-types before anything is built, so a typo in a sweep fails at once with the list of valid choices.
+`build_attention(name, d_model, context_length, position=..., **knobs)` validates the name, the knob names
+and their types, and whether the variant supports the position scheme, before anything is built, so a typo
+in a sweep fails at once with the list of valid choices.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .fused import FusedAttention, SDPAAttention
 from .grouped import GroupedQueryAttention
 from .latent import LatentAttention
 from .linear import LinearAttention
+from .positions import POSITIONS
 from .sliding_window import SlidingWindowAttention
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ class Variant:
     knobs: dict[str, Any] = field(default_factory=dict)  # every knob with its default
     summary: str = ""
     paper: str = ""
+    positions: tuple[str, ...] = POSITIONS  # the model.position schemes it supports
+    refuses: str = ""  # why it does not support the others
 
 
 def _non_causal_warning(name: str) -> None:
@@ -164,6 +168,8 @@ VARIANTS: dict[str, Variant] = {
             dict(HEADS),
             "phi(q) phi(k)^T with prefix sums, O(T) memory",
             "Katharopoulos et al. 2020",
+            positions=("learned", "sinusoidal", "rope", "none"),
+            refuses="alibi biases softmax scores, and linear attention has no score matrix or softmax",
         ),
         Variant(
             "latent",
@@ -214,6 +220,35 @@ def resolve_knobs(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def build_attention(name: str, d_model: int, context_length: int, **knobs: Any) -> nn.Module:
-    """Build one attention layer of width `d_model` for sequences up to `context_length` tokens."""
-    return get_variant(name).build(d_model, context_length, **resolve_knobs(name, knobs))
+def check_position(name: str, position: str) -> None:
+    """Raise unless `position` is a scheme and attention=`name` supports it."""
+    if position not in POSITIONS:
+        raise AttentionConfigError(
+            f"model.position={position!r} is not a position scheme: use one of {', '.join(POSITIONS)}."
+        )
+    variant = get_variant(name)
+    if position not in variant.positions:
+        raise AttentionConfigError(
+            f"attention={name} does not support model.position={position}: {variant.refuses}. "
+            f"Use model.position={' / '.join(variant.positions)}."
+        )
+
+
+def build_attention(
+    name: str,
+    d_model: int,
+    context_length: int,
+    *,
+    position: str = "learned",
+    rope_base: float = 10000.0,
+    **knobs: Any,
+) -> nn.Module:
+    """Build one attention layer of width `d_model` for a model trained on `context_length` tokens.
+
+    `position` is the model's scheme: rope and alibi are attached to the layer; learned, sinusoidal and none
+    act outside attention (or not at all) and leave it as it is."""
+    check_position(name, position)
+    module = get_variant(name).build(d_model, context_length, **resolve_knobs(name, knobs))
+    if position in ("rope", "alibi"):
+        module.use_positions(position, rope_base)
+    return module
