@@ -89,6 +89,15 @@ def test_the_defaults_are_valid(tmp_path: Path) -> None:
         (["+trainer.max_step=3"], "trainer.max_step is not a setting", "did you mean trainer.max_steps?"),
         (["+optim.foo=1"], "optim.foo is not a setting", "optim.lr"),
         (["+sed=1"], "sed is not a setting", "did you mean seed?"),
+        (["model.position=relative"], "model.position='relative'", "model.position=rope"),
+        (["model.rope_base=1"], "model.rope_base=1", "model.rope_base=10000.0"),
+        (["attention=linear", "model.position=alibi"], "attention=linear does not support", "rope / none"),
+        (["model.position=rope", "model.d_model=132", "attention.num_heads=12"], "even head width", "num_heads"),
+        (["eval.lengths=[0]"], "eval.lengths=[0]", "eval.lengths=[1,2,4]"),
+        (["eval.lengths=[a]"], "eval.lengths=['a']", "eval.lengths=[1,2,4]"),
+        (["eval.lengths=2"], "eval.lengths=2", "eval.lengths=[1,2,4]"),
+        (["eval.position_buckets=0"], "eval.position_buckets=0", "eval.position_buckets=16"),
+        (["+eval.length=[2]"], "eval.length is not a setting", "did you mean eval.lengths?"),
     ],
 )
 def test_bad_values_name_the_setting_and_a_fix(tmp_path: Path, overrides: list[str], setting: str, fix: str) -> None:
@@ -117,6 +126,9 @@ def test_the_window_advice_uses_the_real_context_length(tmp_path: Path) -> None:
         ["trainer.devices=[0]"],
         ["trainer.strategy=ddp_spawn"],
         ["attention=sliding_window", "attention.window=1000"],  # wider than the context: plain causal
+        ["model.position=rope", "model.rope_base=500000"],  # an int base is a fine float
+        ["model.position=alibi", "attention=multihead_wrapper", "eval.lengths=[1,2,4,8]"],
+        ["model.position=none", "attention=linear", "eval.lengths=[]"],
     ],
 )
 def test_good_edge_values_pass(tmp_path: Path, overrides: list[str]) -> None:

@@ -22,7 +22,7 @@ from .functional import (
     sdpa_attention,
     split_heads,
 )
-from .positions import NO_POSITIONS, NoPositions, build_positions, take_positions
+from .positions import NoPositions, build_positions, take_positions
 
 
 class HeadedAttention(nn.Module):
@@ -35,7 +35,6 @@ class HeadedAttention(nn.Module):
 
     kernel = "explicit"  # or "sdpa": F.scaled_dot_product_attention in the training path
     window: int | None = None  # keys each query sees (sliding_window); None: all earlier keys
-    position: NoPositions = NO_POSITIONS  # rope / alibi once `use_positions` attached one
 
     def __init__(
         self,
@@ -56,6 +55,7 @@ class HeadedAttention(nn.Module):
             )
         self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
         self.context_length = context_length
+        self.position: NoPositions = NoPositions()  # rope / alibi once `use_positions` attached one
         self.dropout_p = dropout
         self._init_projections(d_model, qkv_bias)
         self.out_proj = nn.Linear(d_model, d_model)

@@ -24,13 +24,16 @@ from .functional import (
     merge_heads,
     split_heads,
 )
-from .positions import NO_POSITIONS, ALiBi, NoPositions, alibi_slopes, build_positions, take_positions
+from .positions import ALiBi, NoPositions, alibi_slopes, build_positions, take_positions
 
 
 class _ChapterAttention(nn.Module):
     """Shared plumbing: unbatched inputs, the optional causal mask, position schemes, `return_weights`."""
 
-    position: NoPositions = NO_POSITIONS  # rope / alibi once `use_positions` attached one
+    def __init__(self) -> None:
+        super().__init__()
+        # an instance attribute (a class-level module would shadow the one use_positions registers)
+        self.position: NoPositions = NoPositions()  # rope / alibi once `use_positions` attached one
 
     def _init_mask(self, causal: bool, context_length: int | None) -> None:
         self.causal = causal

@@ -3,7 +3,8 @@
 `model.position` picks one of five schemes. Two of them add a vector to the token embeddings and are the
 model's business (`learned`, `sinusoidal`: see `model.py`); `none` (NoPE) leaves position to the causal mask
 alone. The other two live inside attention, and every attention module carries one of these objects as
-`self.position` (the neutral `NoPositions` by default, so the chapter's classes keep their exact signatures):
+`self.position` (the neutral `NoPositions` until `use_positions` attaches another, so the chapter's classes keep
+their exact signatures):
 
 - `Rotary` (Su et al. 2021, RoFormer): rotate each (x_i, x_{i + d/2}) pair of q and k by the angle
   position * base^(-2i/d). We use the *half-split* layout (pairs are i and i + d/2, as GPT-NeoX and LLaMA in
@@ -73,8 +74,6 @@ class NoPositions(nn.Module):
     def bias(self, t_q: int, t_k: int, device: torch.device) -> Tensor | None:
         return None
 
-
-NO_POSITIONS = NoPositions()
 
 
 class Rotary(NoPositions):
