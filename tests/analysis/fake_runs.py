@@ -2,7 +2,9 @@
 
 Each fake run has what training and Hydra leave behind: metrics.json, .hydra/config.yaml (with the
 interpolations and per-run paths a real one has) and a TensorBoard event file with `val/loss` scalars and an
-`attention/layer_0` image. Failed, incomplete and event-less runs are made by leaving files out.
+`attention/layer_0` image. Failed, incomplete and event-less runs are made by leaving files out. Runs
+evaluated by length (`eval.lengths`) also get the length fields of metrics.json; without `by_length` a run
+looks like one from before that evaluation existed.
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ FAILED_ERROR = "ConfigError: attention.num_kv_heads=3 must divide attention.num_
 PLOTS = ("val_loss_vs_tokens.png", "final_val_loss.png", "throughput.png", "attention_maps.png")
 
 
-def make_config(run_dir: Path, attention: dict[str, Any], seed: int) -> dict[str, Any]:
-    """A config.yaml like Hydra's: interpolations left in, per-run output paths that must not count as knobs."""
+EVAL_TOKENS = 40960
+
+
+def make_config(run_dir: Path, attention: dict[str, Any], seed: int, position: str | None = None) -> dict[str, Any]:
+    """A config.yaml like Hydra's: interpolations left in, per-run output paths that must not count as knobs.
+
+    `position` sets model.position; None leaves the key out, as in runs from before position schemes."""
+    model = {"context_length": CONTEXT, "d_model": 32, "n_layers": 2, "emb_dropout": 0.1, "tie_weights": True}
+    if position is not None:
+        model["position"] = position
     return {
         "attention": attention,
-        "model": {"context_length": CONTEXT, "d_model": 32, "n_layers": 2, "emb_dropout": 0.1, "tie_weights": True},
+        "model": model,
         "data": {
             "_target_": "attention_lab.data.TextDataModule",
             "path": None,
@@ -64,11 +74,18 @@ def make_run(
     events: bool = True,
     metrics: bool = True,
     image_value: int = 0,
+    position: str | None = None,
+    by_length: dict[int, float | None] | None = None,
+    by_position: list[float] | None = None,
 ) -> Path:
-    """One run folder; the final val loss is the curve's last point, as in a real run."""
+    """One run folder; the final val loss is the curve's last point, as in a real run.
+
+    by_length: val loss per evaluation length (None: not applicable), written with the other length fields;
+    by_position: the per-position loss buckets at the longest length (null in metrics.json when not given)."""
     run_dir = root / name
     (run_dir / ".hydra").mkdir(parents=True)
-    OmegaConf.save(OmegaConf.create(make_config(run_dir, attention, seed)), run_dir / ".hydra" / "config.yaml")
+    config = make_config(run_dir, attention, seed, position)
+    OmegaConf.save(OmegaConf.create(config), run_dir / ".hydra" / "config.yaml")
     overrides = [f"attention={attention['name']}", f"seed={seed}"]
     if metrics and status == FAILED:
         payload: dict[str, Any] = {
@@ -100,6 +117,8 @@ def make_run(
             "device": "cpu",
             "output_dir": str(run_dir),
         }
+        if by_length is not None:
+            payload.update(length_fields(by_length, by_position, position or "learned"))
     if metrics:
         (run_dir / "metrics.json").write_text(json.dumps(payload))
     if events and status != FAILED:
@@ -113,9 +132,32 @@ def make_run(
     return run_dir
 
 
+def length_fields(by_length: dict[int, float | None], by_position: list[float] | None, position: str) -> dict[str, Any]:
+    """The metrics.json fields a run trained with eval.lengths has, in the format training writes them."""
+    longest = max(by_length)
+    return {
+        "val_loss_by_length": {str(n): loss for n, loss in by_length.items()},
+        "eval_not_applicable": {
+            str(n): f"{position} positions stop at context_length={CONTEXT}"
+            for n, loss in by_length.items()
+            if loss is None
+        },
+        "eval_tokens": {str(n): EVAL_TOKENS for n in by_length},
+        "loss_by_position": None
+        if by_position is None
+        else {"length": longest, "bucket_size": longest // len(by_position), "loss": by_position},
+    }
+
+
 MULTIHEAD = {"name": "multihead", "num_heads": 4, "dropout": 0.1}
 GQA = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 2}
 GQA_BAD = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 3}
+
+# A seed group of 3 per position scheme, by evaluation length (CONTEXT=16 is the training context): rope is
+# evaluated everywhere, learned positions cannot go past the context (None: null in metrics.json).
+ROPE_BY_LENGTH = {16: (1.90, 1.92, 1.95), 32: (2.00, 2.04, 2.03), 64: (2.10, 2.20, 2.15)}
+LEARNED_BY_LENGTH = {16: (1.88, 1.89, 1.93), 32: None, 64: None}
+ROPE_BY_POSITION = ([1.9, 2.0, 2.1, 2.2], [1.8, 2.0, 2.0, 2.4], [2.0, 2.0, 2.3, 2.3])
 
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:

@@ -209,3 +209,39 @@ def test_a_folder_override_that_points_at_a_used_folder_is_refused(tmp_path: Pat
     assert sorted(p.name for p in used.iterdir()) == ["metrics.json"], "nothing was written into the used folder"
     fresh = [*args[:-1], f"hydra.{kind}.dir={tmp_path / 'fresh'}"]
     assert run_cli(["-m", *fresh, "seed=1"] if kind == "sweep" else fresh, tmp_path / "outputs") == 0
+
+
+@pytest.mark.slow  # a subprocess sweep of two tiny trainings: several seconds
+def test_an_unsupported_variant_and_position_pair_is_a_hole_in_the_grid_not_a_failed_sweep(
+    tmp_path: Path, corpus: Path
+) -> None:
+    """linear + alibi cannot exist; a variants x schemes sweep records it as `unsupported` and trains the rest."""
+    result = run_script(
+        [
+            "-m",
+            *tiny(corpus=corpus),
+            "trainer.max_steps=2",
+            "trainer.val_check_interval=2",
+            "callbacks=none",
+            "attention=linear,multihead",
+            "model.position=alibi",
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 unsupported" in result.stderr and "1 ok" in result.stderr
+    (sweep,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    records = [read_metrics(p) for p in sweep.iterdir() if (p / "metrics.json").is_file()]
+    statuses = {m["attention"]: m["status"] for m in records}
+    assert statuses == {"linear": "unsupported", "multihead": "ok"}
+    hole = next(m for m in records if m["status"] == "unsupported")
+    assert "attention=linear does not support model.position=alibi" in hole["reason"]
+    assert hole["position"] == "alibi"
+
+
+def test_an_unsupported_pair_in_a_single_run_is_a_usage_error(tmp_path: Path, corpus: Path, capsys) -> None:
+    code = run_cli([*tiny(corpus=corpus), "attention=linear", "model.position=alibi", "trainer.max_steps=2"], tmp_path)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error: attention=linear does not support model.position=alibi" in err and "Traceback" not in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .grouping import differing_knobs, group_by_seed, run_labels, sort_runs
+from .length_plots import write_length_plots
 from .plots import write_plots
 from .runs import OK, STATUS_ORDER, CompareError, Run, discover_runs, load_run, name_runs
 from .tables import write_tables
@@ -95,7 +96,7 @@ def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int 
     runs = sort_runs(runs)
     groups = group_by_seed(runs, knobs)
     out.mkdir(parents=True, exist_ok=True)
-    plots = write_plots(runs, run_labels(runs, knobs), groups, layer, out)
+    plots = write_plots(runs, run_labels(runs, knobs), groups, layer, out) | write_length_plots(runs, groups, out)
     tables = write_tables(runs, knobs, groups, out, plots, [Path(p) for p in paths])
     not_run = jobs_never_run(paths)
     if not_run:

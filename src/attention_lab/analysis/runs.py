@@ -203,6 +203,9 @@ def _apply_metrics(run: Run, metrics: dict[str, Any] | None, problem: str) -> No
     if metrics.get("status") == FAILED:
         run.status = FAILED
         run.notes.append(str(metrics.get("error") or "failed (no error message)"))
+    elif metrics.get("status") == "unsupported":  # a hole in a variants x position schemes grid
+        run.status = INCOMPLETE
+        run.notes.append(f"not trained: {metrics.get('reason') or 'unsupported settings'}")
     elif metrics.get("status") != OK:
         run.status = INCOMPLETE
         run.notes.append(f"metrics.json has status {metrics.get('status')!r}")

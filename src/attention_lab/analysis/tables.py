@@ -13,6 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from .grouping import ABSENT, format_value, is_seed_key, knob_value
+from .lengths import (
+    csv_columns,
+    eval_lengths,
+    group_cells,
+    markdown_rows,
+    not_applicable_reasons,
+    run_cells,
+    tokens_note,
+)
 from .runs import FAILED, INCOMPLETE, OK, STATUS_ORDER, VARIANT_KEY, Group, Run
 
 # Numbers summarised per seed group: mean ± std over the group's finished runs.
@@ -175,6 +184,22 @@ def _md_groups(groups: Sequence[Group]) -> list[str]:
     return lines + _md_table(header, body)
 
 
+def _md_lengths(runs: Sequence[Run], groups: Sequence[Group]) -> list[str]:
+    """The "Loss by evaluation length" table, only when some run was evaluated by length (see `lengths`)."""
+    lengths = eval_lengths(runs)
+    if not lengths:
+        return []
+    header, body = markdown_rows(groups, lengths)
+    intro = (
+        "Val loss at each evaluation length in tokens (`eval.lengths`), per group: mean ± sample std over its n "
+        "finished seeds; n/a: not applicable, —: not evaluated. " + tokens_note(runs)
+    )
+    reasons = [f"- {reason}" for reason in not_applicable_reasons(runs)]
+    return ["", "## Loss by evaluation length", "", intro.strip(), "", *_md_table(header, body)] + (
+        ["", *reasons] if reasons else []
+    )
+
+
 def _md_notes_and_plots(runs: Sequence[Run], plots: dict[str, Path | None]) -> list[str]:
     problems = [r for r in runs if r.notes]
     lines = ["", "## Notes", ""] if problems else []
@@ -193,7 +218,7 @@ def _markdown(
     sources: Sequence[Path],
 ) -> str:
     """report.md: the run table, the seed groups when there are any, the problems in full, the plots."""
-    lines = _md_intro(runs, knobs, sources) + _md_runs(runs, knobs) + _md_groups(groups)
+    lines = _md_intro(runs, knobs, sources) + _md_runs(runs, knobs) + _md_groups(groups) + _md_lengths(runs, groups)
     lines += _md_notes_and_plots(runs, plots)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -208,9 +233,11 @@ def write_tables(
     sources: Sequence[Path] = (),
 ) -> dict[str, Path]:
     """report.csv (one row per run, runs in the given order), report_grouped.csv (always, n=1 groups
-    included, so scripts can rely on it) and report.md."""
+    included, so scripts can rely on it) and report.md. Runs evaluated by length add `val_loss@<length>`
+    columns (and `_std` ones in report_grouped.csv) after the other numbers; without them no column is added."""
     out.mkdir(parents=True, exist_ok=True)
-    run_columns = [*RUN_COLUMNS_BEFORE, *knobs, *RUN_COLUMNS_AFTER]
+    lengths = eval_lengths(runs)
+    run_columns = [*RUN_COLUMNS_BEFORE, *knobs, *RUN_COLUMNS_AFTER[:-2], *csv_columns(lengths, False), "status", "note"]
     group_knobs = [k for k in knobs if not is_seed_key(k)]
     stat_columns = [f"{k}_{s}" for k in GROUP_STATS for s in ("mean", "std")]
     group_columns = [
@@ -221,13 +248,16 @@ def write_tables(
         "n_not_finished",
         "seeds",
         *stat_columns,
+        *csv_columns(lengths, True),
         "params_total",
         "params_attention",
         "kv_cache_bytes_per_token",
     ]
+    run_rows = [run_row(r, knobs) | run_cells(r, lengths) for r in runs]
+    group_rows = [group_row(g) | group_cells(g, lengths) for g in groups]
     written = {
-        "report.csv": _write_csv(out / "report.csv", [run_row(r, knobs) for r in runs], run_columns),
-        "report_grouped.csv": _write_csv(out / "report_grouped.csv", [group_row(g) for g in groups], group_columns),
+        "report.csv": _write_csv(out / "report.csv", run_rows, run_columns),
+        "report_grouped.csv": _write_csv(out / "report_grouped.csv", group_rows, group_columns),
     }
     md = out / "report.md"
     md.write_text(_markdown(runs, knobs, groups, plots or {}, sources))

@@ -18,7 +18,15 @@ from .fused import FusedAttention, SDPAAttention
 from .grouped import GroupedQueryAttention
 from .latent import LatentAttention
 from .linear import LinearAttention
-from .registry import VARIANTS, Variant, available, build_attention, get_variant, resolve_knobs
+from .registry import (
+    VARIANTS,
+    UnsupportedPosition,
+    Variant,
+    available,
+    build_attention,
+    get_variant,
+    resolve_knobs,
+)
 from .sliding_window import SlidingWindowAttention
 
 __all__ = [
@@ -37,6 +45,7 @@ __all__ = [
     "SelfAttentionV2",
     "SimplifiedSelfAttention",
     "SlidingWindowAttention",
+    "UnsupportedPosition",
     "Variant",
     "available",
     "build_attention",

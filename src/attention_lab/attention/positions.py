@@ -75,7 +75,6 @@ class NoPositions(nn.Module):
         return None
 
 
-
 class Rotary(NoPositions):
     """RoPE on the last `dim` features of (..., T, dim) tensors, half-split layout, for any positions."""
 

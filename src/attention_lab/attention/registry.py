@@ -220,6 +220,11 @@ def resolve_knobs(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+class UnsupportedPosition(AttentionConfigError):
+    """A variant that cannot use a position scheme: in a sweep over variants x schemes, a hole in the grid
+    (recorded as `unsupported`), not a typo that should stop the sweep."""
+
+
 def check_position(name: str, position: str) -> None:
     """Raise unless `position` is a scheme and attention=`name` supports it."""
     if position not in POSITIONS:
@@ -228,7 +233,7 @@ def check_position(name: str, position: str) -> None:
         )
     variant = get_variant(name)
     if position not in variant.positions:
-        raise AttentionConfigError(
+        raise UnsupportedPosition(
             f"attention={name} does not support model.position={position}: {variant.refuses}. "
             f"Use model.position={' / '.join(variant.positions)}."
         )

@@ -21,6 +21,13 @@ with n). Output goes to --out, by default into the one folder given (run or swee
 deepest folder holding them all: report.md, report.csv, report_grouped.csv, val_loss_vs_tokens.png,
 final_val_loss.png, throughput.png and attention_maps.png.
 
+Runs trained with `eval.lengths` (metrics.json `val_loss_by_length`, `loss_by_position`) add: a "Loss by
+evaluation length" table in report.md (one row per seed group, one column per length, "mean ± std" or "n/a"
+where a length does not apply, e.g. learned positions past the training context), `val_loss@<length>` columns
+in report.csv and report_grouped.csv (with `val_loss@<length>_std` there), val_loss_vs_length.png (log2 length
+axis, dashed line at the training context) and loss_by_position.png; with many lines both get one panel per
+attention variant. Older runs without these fields are reported as before.
+
 Exit status 2, with one `error:` line on stderr, when a path is not a folder, no run is found, --out is a file
 or --layer is negative.
 """

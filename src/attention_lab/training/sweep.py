@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .. import config
+from ..attention import UnsupportedPosition
 from ..errors import UserError
 from .summary import METRICS_FILE
 
@@ -38,6 +39,7 @@ def sweep_jobs(sweep_dir: Path) -> list[list[str]] | None:
 # The sweep the task ran last in this process: the CLI summarises it once Hydra returns.
 last_sweep_dir: Path | None = None
 SEVERITY = (("failed", 1), ("invalid", 2), ("diverged", 3))  # the sweep's exit status: its worst job's
+UNSUPPORTED = "unsupported"  # a (variant, position scheme) pair that cannot exist: not a failure of the sweep
 
 
 def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
@@ -50,7 +52,7 @@ def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
             statuses.append("unreadable")
     counts = {status: statuses.count(status) for status in dict.fromkeys(statuses)}
     code = next((code for status, code in SEVERITY if status in counts), 0)
-    if code == 0 and set(counts) - {"ok"}:
+    if code == 0 and set(counts) - {"ok", UNSUPPORTED}:
         code = 1
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no job records"
     return f"sweep {sweep_dir}: {len(statuses)} jobs: {summary}", code
@@ -73,6 +75,8 @@ def invalid_jobs(sweep_dir: Path) -> list[tuple[int, list[str], str]]:
             continue
         try:
             config.validate(cfg, multirun=True)
+        except UnsupportedPosition:
+            continue  # a hole in a variants x schemes grid: the job records it as `unsupported` and the sweep goes on
         except UserError as err:
             problems.append((num, overrides, str(err)))
     return problems
