@@ -1,10 +1,10 @@
-"""Rendering of attention maps: pure functions, tensor in, array out (no Lightning, no TensorBoard here).
+"""Rendering for TensorBoard: pure functions, tensor in, array out (no Lightning, no TensorBoard here).
 
 The attention-map callback renders one grid per layer at every validation, so rendering must be cheap.
 A matplotlib figure through `add_figure` costs ~0.6-0.9 s per call on the reference CPU machine, so the
 heatmaps are drawn as numpy arrays (a colormap lookup table, upscaled with `np.repeat`) and only the text
 is drawn with PIL. An (8, 32, 32) grid renders in a few milliseconds; the result goes to `add_image`
-(dataformats="HWC").
+(dataformats="HWC"). The loss-by-position plot is drawn once per run, so it uses matplotlib's Agg canvas.
 """
 
 from __future__ import annotations
@@ -198,3 +198,30 @@ def attention_entropy(weights: Tensor) -> Tensor:
         w = w.float()  # log of small half-precision weights loses too much
     row_entropy = -torch.special.xlogy(w, w).sum(dim=-1)  # (..., H, T)
     return row_entropy.movedim(-2, 0).reshape(w.shape[-3], -1).mean(dim=-1)  # (H,)
+
+
+def loss_by_position_figure(
+    loss: Sequence[float], bucket_size: int, context_length: int | None = None, title: str = ""
+) -> np.ndarray:
+    """Mean loss against position in the window, as an RGB image (Himg, Wimg, 3) uint8.
+
+    loss: one mean per bucket of `bucket_size` consecutive positions, plotted at the bucket's centre. A dashed
+    line marks `context_length`, the length the model was trained on: where a position scheme stops
+    generalising, the curve bends up past it. Drawn once per run, so matplotlib's cost does not matter; Agg
+    without pyplot, so there is no global figure state to leak.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 3.5), dpi=100, layout="constrained")
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    x = [(i + 0.5) * bucket_size for i in range(len(loss))]  # bucket centres
+    ax.plot(x, list(loss), marker="o", markersize=3, linewidth=1.4)
+    if context_length is not None and context_length < len(loss) * bucket_size:
+        ax.axvline(context_length, color="gray", linestyle="--", linewidth=1, label=f"context_length={context_length}")
+        ax.legend(fontsize=8, frameon=False)
+    ax.set(xlabel="position in the window", ylabel="mean val loss", title=title or "val loss by position")
+    ax.grid(alpha=0.3)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (Himg, Wimg, 3) uint8

@@ -19,6 +19,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .callbacks import Throughput
+from .length_eval import LengthEval
 from .memory import PeakMemory
 
 METRICS_FILE = "metrics.json"
@@ -130,6 +131,9 @@ class RunSummary(L.Callback):
             "checkpoint": str(last) if last.is_file() else None,
             **extra,
         }
+        lengths = next((c for c in trainer.callbacks if isinstance(c, LengthEval)), None)
+        if lengths is not None and lengths.results is not None:  # eval.lengths: the final model at each length
+            metrics.update(lengths.results.metrics())
         if status == "interrupted" and metrics["checkpoint"]:  # a diverged run would diverge again: no resume
             metrics["resume"] = resume_command(self.overrides, last, self.resume_extra)
         return metrics
@@ -158,6 +162,16 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
         f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
         f"{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
         f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n"
+        f"{_by_length_line(metrics)}"
         f"to train further: {extend}\n",
         flush=True,
     )
+
+
+def _by_length_line(metrics: dict[str, Any]) -> str:
+    """The line `val loss by length: 128: 1.9300  256: 1.9712  512: n/a`, or "" without eval.lengths."""
+    by_length = metrics.get("val_loss_by_length")
+    if not by_length:
+        return ""
+    parts = [f"{n}: {'n/a' if v is None else format(v, '.4f')}" for n, v in by_length.items()]
+    return "val loss by length: " + "  ".join(parts) + "\n"

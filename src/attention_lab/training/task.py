@@ -7,7 +7,8 @@ end leaves `metrics.json` with its `status`:
 - interrupted: SIGINT/SIGTERM; a checkpoint at the last finished step and the command that resumes it (exit 130/143);
 - diverged: the loss or the weights went non-finite; the last good checkpoint is kept (exit 3);
 - failed: a programming error, with error.txt (the traceback is printed as well);
-- invalid (sweeps only): a user's mistake in one job; a single run instead prints it and removes its folder (exit 2).
+- invalid (sweeps only): a user's mistake in one job; a single run instead prints it and removes its folder (exit 2);
+- unsupported (sweeps only): a variant x position scheme pair that cannot exist (linear + alibi), a hole in a grid.
 In a sweep a failed, invalid or diverged job is recorded and the sweep goes on; a signal stops the sweep.
 """
 
@@ -35,6 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .. import config
+from ..attention import UnsupportedPosition
 from ..checkpoint import (
     CheckpointError,
     PreloadedCheckpointIO,
@@ -48,6 +50,7 @@ from ..errors import USAGE_EXIT, UserError
 from . import sweep
 from .callbacks import HParams
 from .guards import LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
+from .length_eval import LengthEval
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
 from .run_dir import register_resolvers, release_unused, requeue_checkpoint
@@ -95,6 +98,14 @@ def _take_over_save_last(callbacks: list[Any]) -> list[LastCheckpoint]:
             name = f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
             savers.append(LastCheckpoint(Path(callback.dirpath) / name))
     return savers
+
+
+def _length_eval(cfg: DictConfig) -> list[LengthEval]:
+    """The final model's loss at each of `eval.lengths` x context_length; none when the list is empty or the
+    config predates the `eval` section."""
+    section = cfg.get("eval") or {}
+    lengths = list(section.get("lengths") or [])
+    return [LengthEval(lengths, section.get("position_buckets", 16))] if lengths else []
 
 
 def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
@@ -205,6 +216,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         *_take_over_save_last(callbacks),
         HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
         ValidateAtLastStep(),
+        *_length_eval(cfg),  # at on_train_end, so its results are there when the summary collects at on_fit_end
         summary,
     ]
     loggers = _instantiate_group(cfg.get("logger"))
@@ -309,6 +321,14 @@ def main(cfg: DictConfig) -> float:
         _check_every_job(out)
     try:
         return train(cfg, multirun)["val_loss"] or float("inf")
+    except UnsupportedPosition as err:
+        if not multirun:
+            _remove_new_run_folder(out)
+            print(f"error: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(USAGE_EXIT) from None
+        record = {"status": sweep.UNSUPPORTED, "attention": cfg.attention.get("name"), "overrides": _overrides()}
+        write_metrics(out, {**record, "position": cfg.model.get("position"), "reason": str(err)})
+        log.warning("job skipped, the sweep goes on: %s", err)
     except UserError as err:
         if not multirun:
             _remove_new_run_folder(out)
