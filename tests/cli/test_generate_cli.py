@@ -62,7 +62,7 @@ def run_ok(capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
 def test_prints_the_model_then_the_text(ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     lines = run_ok(capsys, "--ckpt", str(ckpt), "--prompt", "the quick, brown #fox: ", "--max-new-tokens", "30")
     assert lines[0].startswith(f"[checkpoint] {ckpt}: attention=gqa (num_heads=4, num_kv_heads=2")
-    assert "2 layers, d_model 32, context 16, char tokenizer" in lines[0]
+    assert "2 layers, d_model 32, context 16, learned positions, char tokenizer" in lines[0]
     text = lines[1]
     assert text.startswith("the quick, brown #fox: ")  # verbatim: commas, '#' and ': ' survive
     assert len(text) == len("the quick, brown #fox: ") + 30  # char tokenizer: one character per token
@@ -102,6 +102,24 @@ def test_compare_cache_reports_identical_tokens(ckpt: Path, capsys: pytest.Captu
     assert "greedy, 30 new tokens: identical tokens with and without the cache" in compare
     assert "with cache:" in compare and "without cache:" in compare and "speed-up with the cache:" in compare
     assert compare.count("tokens/s") == 2
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi", "sliding_window+rope"])
+def test_a_relative_scheme_generates_past_the_context_with_the_cache(
+    position: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Context 16, 3 x 16 new tokens: cached == uncached, and (sliding_window + rope) in a bounded cache."""
+    tokenizer = corpus_tokenizer()
+    kwargs = checkpoint_model_kwargs(tokenizer)
+    if position == "sliding_window+rope":
+        attention = {"name": "sliding_window", "num_heads": 4, "window": 6, "dropout": 0.0, "qkv_bias": False}
+        kwargs = {**kwargs, "attention": attention}
+        position = "rope"
+    kwargs = {**kwargs, "position": position}
+    path = write_checkpoint(tmp_path / "last.ckpt", random_gpt(kwargs), kwargs, tokenizer)
+    lines = run_ok(capsys, "--ckpt", str(path), "--temperature", "0", "--compare-cache", "--max-new-tokens", "48")
+    assert f"context 16, {position} positions" in lines[0]
+    assert "greedy, 48 new tokens: identical tokens with and without the cache" in "\n".join(lines[3:])
 
 
 def test_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:

@@ -160,7 +160,8 @@ def describe(path: str | Path, hparams: dict[str, Any], tokenizer: Tokenizer) ->
     knobs = ", ".join(f"{k}={v}" for k, v in model["attention"].items() if k != "name")
     return (
         f"[checkpoint] {path}: attention={model['attention']['name']} ({knobs}), {model['n_layers']} layers, "
-        f"d_model {model['d_model']}, context {model['context_length']}, {tokenizer.name} tokenizer "
+        f"d_model {model['d_model']}, context {model['context_length']}, {model.get('position', 'learned')} "
+        f"positions, {tokenizer.name} tokenizer "
         f"({model['vocab_size']} tokens)"
     )
 

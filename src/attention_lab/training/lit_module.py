@@ -80,7 +80,9 @@ class GPTLitModule(L.LightningModule):
     def configure_optimizers(self):
         cfg = self.hparams.optim
         groups = adamw_param_groups(self.model, cfg["weight_decay"])
-        fused = self.device.type == "cuda"
+        # fused AdamW on CUDA, except under mixed precision: Lightning cannot clip the gradients of a fused
+        # optimizer there (they are unscaled inside its step), and clipping is on by default
+        fused = self.device.type == "cuda" and "mixed" not in str(self.trainer.precision)
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
         warmup = self.hparams.warmup_steps

@@ -125,7 +125,7 @@ class RunSummary(L.Callback):
             "peak_memory_mb": None if self.memory is None else self.memory.read(),
             "peak_memory_source": None if self.memory is None else self.memory.source,
             "wall_time_sec": time.time() - self.started,
-            "device": str(pl_module.device),
+            "device": str(trainer.strategy.root_device),  # the module is back on the CPU after teardown
             "output_dir": str(self.output_dir),
             "overrides": self.overrides,
             "checkpoint": str(last) if last.is_file() else None,
