@@ -22,7 +22,10 @@ from tests.training.helpers import make_cfg, tiny
     + [f"model={m}" for m in ("tiny", "small", "gpt2_124m", "gpt2_small")]
     + [f"trainer={t}" for t in ("default", "cpu", "gpu", "ddp", "ddp_spawn", "fsdp")]
     + ["data=default", "data=text data.path=x.txt", "logger=tensorboard", "logger=csv", "callbacks=none"]
-    + [f"experiment={e}" for e in ("heads_dropout", "gpt2_124m", "compare_classic", "compare_modern")],
+    + [
+        f"experiment={e}"
+        for e in ("heads_dropout", "gpt2_124m", "compare_classic", "compare_modern", "compare_positions")
+    ],
 )
 def test_every_config_group_composes(tmp_path: Path, override: str) -> None:
     cfg = make_cfg(tmp_path, override.split())
@@ -33,6 +36,16 @@ def test_every_config_group_composes(tmp_path: Path, override: str) -> None:
         or "throughput" not in cfg.callbacks
         or cfg.callbacks.throughput.log_every_n_steps == (cfg.trainer.log_every_n_steps)
     )
+
+
+def test_an_experiment_preset_overrides_the_top_level_defaults(tmp_path: Path) -> None:
+    """Found running experiment=compare_positions: train.yaml composed `_self_` after the preset, so the preset's
+    `eval.lengths` (and any `optim`, `seed`, `compile`) were silently replaced by train.yaml's defaults."""
+    cfg = make_cfg(tmp_path, ["experiment=compare_positions"])
+    assert list(cfg.eval.lengths) == [1, 2, 4, 8]
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.trainer.max_steps) == (64, 2, 600)
+    overridden = make_cfg(tmp_path, ["experiment=compare_positions", "eval.lengths=[1]", "optim.lr=1e-3"])
+    assert list(overridden.eval.lengths) == [1] and overridden.optim.lr == 1e-3  # the command line still wins
 
 
 def test_attention_yaml_lists_every_knob_with_its_default(tmp_path: Path) -> None:
