@@ -305,3 +305,19 @@ def test_linear_rope_chunked_form_equals_the_quadratic_form_over_several_chunks(
         chunked = attn(x)
         quadratic, _ = attn(x, return_weights=True)
     torch.testing.assert_close(chunked, quadratic, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["sdpa", "gqa", "multihead"])
+def test_alibi_runs_in_bfloat16_weights_and_stays_close(name: str) -> None:
+    """bf16-true precision: CUDA's SDPA refuses a float32 mask beside bfloat16 queries, so the bias takes their
+    dtype (the CUDA run itself is in test_positions_gpu.py)."""
+    attn = make(name, "alibi")
+    if name != "multihead":
+        mask = attn._sdpa_mask(5, 5, torch.device("cpu"), torch.bfloat16)
+        assert mask.dtype == torch.bfloat16 and mask[0, 0, 1] == float("-inf")
+    x = x_of(CONTEXT_LENGTH)
+    with torch.no_grad():
+        reference = attn(x)
+        low = attn.to(torch.bfloat16)(x.to(torch.bfloat16))
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)

@@ -60,6 +60,18 @@ def test_bf16_autocast_stays_close_to_float32(name: str, scheme: str) -> None:
     assert (low - reference).abs().max().item() <= 0.05 * scale + 1e-3
 
 
+@pytest.mark.parametrize(("name", "scheme"), [p for p in PAIRS if p[1] in ("rope", "alibi")])
+def test_bf16_weights_run_and_stay_close_to_float32(name: str, scheme: str) -> None:
+    """trainer.precision=bf16-true: bfloat16 weights and activations (ALiBi's float mask must follow)."""
+    module = pair(name, scheme).cuda()
+    x = torch.randn(2, SEQ, D_MODEL, device="cuda")
+    with torch.no_grad():
+        reference = module(x)
+        low = module.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    scale = reference.abs().max().item()
+    assert (low - reference).abs().max().item() <= 0.05 * scale + 1e-3
+
+
 @pytest.mark.parametrize("scheme", ["rope", "alibi", "none"])
 def test_cached_generation_past_the_context_on_cuda(scheme: str) -> None:
     torch.manual_seed(0)

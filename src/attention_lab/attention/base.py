@@ -97,17 +97,17 @@ class HeadedAttention(nn.Module):
             return self._explicit(q, k, v)[0]
         p = self.dropout_p if self.training else 0.0
         grouped = self.num_kv_heads != self.num_heads
-        mask = self._sdpa_mask(q.shape[2], k.shape[2], q.device)
+        mask = self._sdpa_mask(q.shape[2], k.shape[2], q.device, q.dtype)
         return sdpa_attention(q, k, v, mask, p, enable_gqa=grouped)
 
-    def _sdpa_mask(self, t_q: int, t_k: int, device: torch.device) -> Tensor | None:
+    def _sdpa_mask(self, t_q: int, t_k: int, device: torch.device, dtype: torch.dtype = torch.float32) -> Tensor | None:
         """None lets SDPA use is_causal (and its fastest kernels); that aligns top-left, so only for t_q == t_k
         and plain causal attention. Otherwise the band, with the position bias folded in as a float mask."""
         bias = self.position.bias(t_q, t_k, device)
         if bias is None and t_q == t_k and self.window is None:
             return None
         allowed = self._mask(t_q, t_k, device)
-        return allowed if bias is None else float_mask(allowed, bias)
+        return allowed if bias is None else float_mask(allowed, bias, dtype)
 
     # --- shared --------------------------------------------------------------------------------------
     def _expand_kv(self, t: Tensor) -> Tensor:

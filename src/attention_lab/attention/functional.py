@@ -73,15 +73,17 @@ def attention_weights(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
     if bias is not None:
-        scores = scores + bias
+        scores = scores + bias.to(scores.dtype)  # the bias is built in float32; keep the scores' dtype
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1)
 
 
-def float_mask(allowed: Tensor, bias: Tensor) -> Tensor:
-    """A boolean mask and an additive bias as the one float mask SDPA takes: bias where allowed, -inf elsewhere."""
-    return bias.masked_fill(~allowed, float("-inf"))  # (H, Tq, Tk)
+def float_mask(allowed: Tensor, bias: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """A boolean mask and an additive bias as the one float mask SDPA takes: bias where allowed, -inf elsewhere.
+
+    In the queries' dtype: SDPA refuses a float32 mask beside bfloat16 queries (`trainer.precision=bf16-true`)."""
+    return bias.to(dtype).masked_fill(~allowed, float("-inf"))  # (H, Tq, Tk)
 
 
 def sdpa_attention(
