@@ -1,8 +1,10 @@
-"""The attention micro-benchmark's picture: time and activation memory against T, log-log, one line per variant.
+"""The benchmarks' pictures; matplotlib is imported only when drawing, so the benchmarks themselves do not need it.
 
-Log-log, with dashed O(T) and O(T^2) guides, because the question the plot answers is a slope: which variants
-grow quadratically with the sequence length and which linearly. matplotlib is imported only when drawing, so
-the benchmarks themselves do not need it.
+- `plot_results` (attention): time and activation memory against T, log-log, one line per variant, with dashed
+  O(T) and O(T^2) guides, because the question that plot answers is a slope: which variants grow
+  quadratically with the sequence length and which linearly.
+- `plot_positions` (positions): per variant, each position scheme's step time as a ratio to `none` against T,
+  because the question there is a relative cost, and a ratio measured in one run is what survives the noise.
 """
 
 from __future__ import annotations
@@ -86,5 +88,59 @@ def plot_results(result: dict[str, Any], path: Path) -> None:
     handles, labels = ax_time.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=5, frameon=False)
     fig.tight_layout(rect=(0, 0.13, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_positions(result: dict[str, Any], path: Path) -> None:
+    """One panel per variant: x = T (log2), y = median step-time ratio to `none`, one line per scheme, the
+    interquartile range of the per-round ratios as error bars. `none` itself is the dashed line at 1; skipped
+    schemes (refused, out of memory) are named in the panel title."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cfg, machine = result["config"], result["machine"]
+    variants, schemes, lengths = cfg["variants"], cfg["schemes"], cfg["lengths"]
+    palette = plt.get_cmap("tab10").colors
+    colors = {scheme: palette[i % len(palette)] for i, scheme in enumerate(schemes)}
+    cols = min(3, len(variants))
+    rows = -(-len(variants) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows + 0.8), squeeze=False, sharey=True)
+    for ax, variant in zip(axes.flat, variants, strict=False):  # spare panels stay blank
+        ax.axhline(1.0, color="0.4", linestyle=(0, (4, 3)), linewidth=1.0, zorder=0, label="none (= 1)")
+        skipped = []
+        for scheme in (s for s in schemes if s != "none"):
+            points = [
+                r
+                for r in result["rows"]
+                if r["variant"] == variant and r["scheme"] == scheme and r.get("ratio_to_none") is not None
+            ]
+            if not points:
+                skipped.append(scheme)
+                continue
+            ts = [r["T"] for r in points]
+            ys = np.array([r["ratio_to_none"] for r in points])
+            err = np.array([ys - [r["ratio_p25"] for r in points], [r["ratio_p75"] for r in points] - ys])
+            ax.errorbar(ts, ys, yerr=err, marker="o", ms=4, capsize=3, color=colors[scheme], label=scheme)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(t) for t in lengths])
+        ax.set_title(variant + (f"  ({', '.join(skipped)}: skipped)" if skipped else ""), fontsize=10)
+        ax.set_xlabel("sequence length T")
+        ax.grid(True, which="both", alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("step time / step time with none")
+    for ax in list(axes.flat)[len(variants) :]:
+        ax.axis("off")
+    handles = {label: h for ax in axes.flat for h, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), frameon=False)
+    fig.suptitle(
+        f"position schemes: training step of a {cfg['n_layers']}-layer GPT, d_model={cfg['d_model']}, "
+        f"heads={cfg['num_heads']}, batch={cfg['batch']}, {cfg['dtype']}, {cfg['device']} "
+        f"({machine.get('device_name', '')}, torch threads={machine.get('torch_threads')}), torch {machine['torch']}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,9 +1,10 @@
-"""`attention-lab bench {attention,generation,loop}`: the benchmarks' one command line.
+"""`attention-lab bench {attention,generation,loop,positions}`: the benchmarks' one command line.
 
     attention-lab bench attention                          # every variant, T = 128 .. 4096, CPU
     attention-lab bench attention --device cuda --dtype bfloat16 --lengths 512 1024 2048 4096 8192 16384
     attention-lab bench generation --variants multihead linear --repeats 5
     attention-lab bench loop --repeats 5
+    attention-lab bench positions --variants sdpa linear --schemes rope alibi none --lengths 256 1024
     attention-lab bench attention --out benchmarks/results/cpu   # only this way are committed results replaced
 
 Without --out, each run writes to a new folder outputs/bench/<kind>/<date_time>-<suffix>/ under the current
@@ -22,8 +23,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..attention import available
+from ..attention.positions import POSITIONS
 from ..bench.attention import DEFAULT_LENGTHS, DTYPES, GPU_LENGTHS, BenchConfig, run_benchmark
 from ..bench.generation import GenerationBenchmark, benchmark_generation, format_benchmark
+from ..bench.positions import AUTOCAST, PositionsBenchmark, format_positions, run_positions, write_positions
 from ..bench.results import check_out, output_dir, write_json, write_results
 from ..devices import resolve_device
 from ..errors import UserError
@@ -33,6 +36,7 @@ SUMMARY = {
     "attention": "time and memory of every attention module against T",
     "generation": "greedy tokens/s with and without the KV cache, per variant",
     "loop": "tokens/s of Lightning's Trainer.fit against a hand-written loop (CPU)",
+    "positions": "training-step time of each position scheme as a ratio to none, per variant and T",
 }
 KINDS = tuple(SUMMARY)
 GENERATION_FILE = "generation.json"
@@ -125,6 +129,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=16)
     p.add_argument("--seed", type=int, default=0)
     _common(p, repeats=5, warmup=10, out_default=default_out.format("loop"))
+
+    s = PositionsBenchmark()
+    p = sub.add_parser("positions", help=SUMMARY["positions"], description=SUMMARY["positions"])
+    p.add_argument("--variants", nargs="+", default=s.variants, choices=available(), metavar="NAME")
+    p.add_argument(
+        "--schemes",
+        nargs="+",
+        default=s.schemes,
+        choices=list(POSITIONS),
+        metavar="SCHEME",
+        help=f"from {' '.join(POSITIONS)}; none is always measured (the baseline of every ratio)",
+    )
+    p.add_argument(
+        "--lengths", nargs="+", type=POSITIVE, default=s.lengths, help="sequence lengths T (default: %(default)s)"
+    )
+    p.add_argument("--n-layers", type=POSITIVE, default=s.n_layers)
+    p.add_argument("--d-model", type=POSITIVE, default=s.d_model)
+    p.add_argument("--heads", type=POSITIVE, default=s.num_heads)
+    p.add_argument("--batch", type=POSITIVE, default=s.batch)
+    p.add_argument("--dtype", choices=sorted(AUTOCAST), default=s.dtype, help="bfloat16/float16: autocast")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--seed", type=int, default=s.seed)
+    p.add_argument("--threads", type=POSITIVE, default=None, help="torch intra-op threads (default: torch's)")
+    _common(p, repeats=s.repeats, warmup=s.warmup, out_default=default_out.format("positions"))
     return parser
 
 
@@ -204,10 +232,37 @@ def _loop(args: argparse.Namespace) -> None:
     print(f"wrote {write_json(result, out / LOOP_FILE)}")
 
 
+def _positions(args: argparse.Namespace) -> None:
+    _check_heads(args.d_model, args.heads)
+    device = resolve_device(args.device, setting="--device")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    spec = PositionsBenchmark(
+        variants=list(dict.fromkeys(args.variants)),
+        schemes=list(dict.fromkeys(args.schemes)),
+        lengths=args.lengths,
+        n_layers=args.n_layers,
+        d_model=args.d_model,
+        num_heads=args.heads,
+        batch=args.batch,
+        dtype=args.dtype,
+        device=str(device),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        seed=args.seed,
+        threads=args.threads,
+    )
+    result = run_positions(spec, command=args.command)
+    print(format_positions(result))
+    out = output_dir(args.out, "positions")
+    for path in write_positions(result, out).values():
+        print(f"wrote {path}")
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "attention": _attention,
     "generation": _generation,
     "loop": _loop,
+    "positions": _positions,
 }
 
 
