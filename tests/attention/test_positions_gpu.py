@@ -19,6 +19,9 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
 ]
 PAIRS = [(name, scheme) for name in available() for scheme in get_variant(name).positions]
+# self_attention_v1's raw torch.rand weights (the chapter's) saturate the softmax at d_model=32, so bfloat16
+# rounding of a near-tie moves whole rows; the GPT re-initialises them (std 0.02). Its float32 tests still run.
+BF16_PAIRS = [(n, s) for n, s in PAIRS if s in ("rope", "alibi") and n != "self_attention_v1"]
 SEQ = 300  # several of linear's 64-token chunks, and past the 16-token training context
 
 
@@ -48,7 +51,7 @@ def test_cuda_sdpa_path_equals_the_explicit_formula(name: str, scheme: str) -> N
     torch.testing.assert_close(fused, explicit, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize(("name", "scheme"), [p for p in PAIRS if p[1] in ("rope", "alibi")])
+@pytest.mark.parametrize(("name", "scheme"), BF16_PAIRS)
 def test_bf16_autocast_stays_close_to_float32(name: str, scheme: str) -> None:
     module = pair(name, scheme).cuda()
     x = torch.randn(2, SEQ, D_MODEL, device="cuda")
@@ -60,7 +63,7 @@ def test_bf16_autocast_stays_close_to_float32(name: str, scheme: str) -> None:
     assert (low - reference).abs().max().item() <= 0.05 * scale + 1e-3
 
 
-@pytest.mark.parametrize(("name", "scheme"), [p for p in PAIRS if p[1] in ("rope", "alibi")])
+@pytest.mark.parametrize(("name", "scheme"), BF16_PAIRS)
 def test_bf16_weights_run_and_stay_close_to_float32(name: str, scheme: str) -> None:
     """trainer.precision=bf16-true: bfloat16 weights and activations (ALiBi's float mask must follow)."""
     module = pair(name, scheme).cuda()
