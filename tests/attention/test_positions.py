@@ -170,8 +170,12 @@ def test_alibi_weights_equal_a_hand_written_biased_softmax() -> None:
 
 
 # --- sinusoidal --------------------------------------------------------------------------------------------
-def test_sinusoidal_table_is_vaswanis() -> None:
-    table = SinusoidalPositions(6)(start=2, length=3)
+def test_sinusoidal_table_is_vaswanis_times_a_learned_scale_from_one_over_sqrt_d() -> None:
+    positions = SinusoidalPositions(6)
+    assert positions.scale.requires_grad and positions.scale.item() == pytest.approx(6**-0.5)
+    with torch.no_grad():
+        positions.scale.fill_(1.0)
+    table = positions(start=2, length=3)
     for t in range(3):
         for i in range(3):
             angle = (2 + t) / 10000 ** (2 * i / 6)

@@ -133,19 +133,30 @@ def build_positions(scheme: str, num_heads: int, head_dim: int, rope_base: float
     return NoPositions()
 
 
-class SinusoidalPositions(nn.Module):
-    """Vaswani et al. (2017): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d)).
+def sinusoidal_table(start: int, length: int, inv_freq: Tensor, d_model: int) -> Tensor:
+    """Vaswani et al. (2017): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d))."""
+    positions = torch.arange(start, start + length, device=inv_freq.device, dtype=torch.float32)
+    theta = positions[:, None] * inv_freq[None, :]  # (T, ceil(d/2))
+    table = torch.stack((theta.sin(), theta.cos()), dim=-1).flatten(1)  # (T, 2 * ceil(d/2)): sin, cos, ...
+    return table[:, :d_model]  # (T, d_model)
 
-    Computed for the positions asked for, so it has no table that limits the length."""
+
+class SinusoidalPositions(nn.Module):
+    """The fixed sin/cos table times one learned scalar, initialised to 1 / sqrt(d_model).
+
+    Why the scale: the table's entries are of size 1 (its rows have norm sqrt(d/2)), while GPT-2's init gives token
+    embeddings entries of 0.02; added raw, position swamps the tokens 35:1 at d_model=64 and the model starts
+    blind to what the tokens are (measured: val loss 2.81 against 2.11 for learned positions, 600 steps).
+    Vaswani et al. scale the embeddings up by sqrt(d) instead; x-transformers' ScaledSinusoidalEmbedding scales the
+    table down with a learned scalar from d^-0.5, which is what this does. Computed for the positions asked for,
+    so it has no table that limits the length."""
 
     def __init__(self, d_model: int, base: float = 10000.0):
         super().__init__()
         inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
         self.d_model = d_model
+        self.scale = nn.Parameter(torch.tensor(d_model**-0.5))
 
     def forward(self, start: int, length: int) -> Tensor:
-        positions = torch.arange(start, start + length, device=self.inv_freq.device, dtype=torch.float32)
-        theta = positions[:, None] * self.inv_freq[None, :]  # (T, ceil(d/2))
-        table = torch.stack((theta.sin(), theta.cos()), dim=-1).flatten(1)  # (T, 2 * ceil(d/2)): sin, cos, ...
-        return table[:, : self.d_model]  # (T, d_model)
+        return self.scale * sinusoidal_table(start, length, self.inv_freq, self.d_model)  # (T, d_model)
