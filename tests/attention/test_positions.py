@@ -325,3 +325,19 @@ def test_alibi_runs_in_bfloat16_weights_and_stays_close(name: str) -> None:
         low = attn.to(torch.bfloat16)(x.to(torch.bfloat16))
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), reference, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize("scheme", ["rope", "alibi", "sinusoidal"])
+def test_a_bfloat16_cast_keeps_the_position_constants_exact(scheme: str) -> None:
+    """Found by review: bf16-true casts floating buffers, so RoPE trained with frequencies up to 0.37% off (0.37
+    rad at position 2048) from the exact ones generation rebuilds; ALiBi's 12-head slopes (2^-0.5 ...) too."""
+    from attention_lab.model import GPT
+
+    attention = {"name": "multihead", "num_heads": 12, "dropout": 0.0}
+    model = GPT(20, 16, 48, 1, attention, emb_dropout=0.0, resid_dropout=0.0, position=scheme)
+    exact = {n: b.clone() for n, b in model.named_buffers()}
+    assert exact, "each of these schemes keeps its constants in buffers"
+    model.to(torch.bfloat16)
+    for name, buffer in model.named_buffers():
+        assert buffer.dtype == torch.float32 and torch.equal(buffer, exact[name]), name
+    assert next(model.parameters()).dtype == torch.bfloat16

@@ -235,6 +235,17 @@ class SignalAt(L.Callback):
         os.kill(os.getpid(), self.signum)  # the handler runs before os.kill returns to the next bytecode
 
 
+class SignalAtTrainEnd(L.Callback):
+    """Sends `signum` to this process when training ends: after the last step, before `eval.lengths` runs
+    (configured callbacks come before LengthEval)."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        os.kill(os.getpid(), self.signum)
+
+
 class CtrlCTwiceAt(L.Callback):
     """Presses Ctrl+C twice at the end of step `step` (two SIGINTs to this process). Refuses unless SIGINT is
     handled by the run's SignalFlag: otherwise the SIGINT would interrupt pytest itself."""

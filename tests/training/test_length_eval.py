@@ -4,6 +4,7 @@ null-with-a-reason for lengths that cannot be evaluated, the per-position curve,
 from __future__ import annotations
 
 import math
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,21 @@ import torch
 import torch.nn.functional as F
 
 from attention_lab.model import GPT
-from attention_lab.training.length_eval import bucket_means, eval_windows, evaluate_lengths
+from attention_lab.training.guards import RunInterrupted
+from attention_lab.training.length_eval import EvalStopped, bucket_means, eval_windows, evaluate_lengths
 from attention_lab.training.task import train
 from attention_lab.viz import loss_by_position_figure
-from tests.training.helpers import LEAN_CALLBACKS, make_cfg, read_events, read_metrics, run_cli, run_folders, tiny
+from tests.training.helpers import (
+    LEAN_CALLBACKS,
+    SignalAtTrainEnd,
+    add_callback,
+    make_cfg,
+    read_events,
+    read_metrics,
+    run_cli,
+    run_folders,
+    tiny,
+)
 
 VOCAB, CONTEXT = 11, 8
 
@@ -167,8 +179,42 @@ def test_a_learned_run_reports_null_with_a_reason_and_exits_0(tmp_path: Path, co
     assert saved["val_loss_by_length"]["64"] is None
     assert saved["eval_not_applicable"] == {"64": "learned positions stop at context_length=32"}
     assert saved["loss_by_position"]["length"] == 32
-    # at 1x alone the windows are the val loader's own: the same loss as val/loss, summed in another order
-    assert saved["val_loss_by_length"]["32"] == pytest.approx(saved["val_loss"], rel=1e-5)
+    # the 1x span is cut for both lengths asked for (lcm 64), as a rope run's is: close to val/loss, not equal
+    assert saved["eval_tokens"]["32"] % 64 == 0
+    assert saved["val_loss_by_length"]["32"] == pytest.approx(saved["val_loss"], rel=1e-2)
+    assert saved["val_loss_tail_by_length"] == {"32": saved["val_loss_by_length"]["32"], "64": None}
+
+
+def test_learned_and_relative_runs_are_scored_on_the_same_tokens() -> None:
+    """Found by review: the span was cut for the lengths a model can run, so a learned run's 1x loss (46,464
+    tokens) and a rope run's (46,080) were taken on different text."""
+    learned = eval_windows(1000, [32, 64, 128], max_length=32)
+    relative = eval_windows(1000, [32, 64, 128], max_length=None)
+    assert learned.windows[32] * 32 == relative.windows[32] * 32 == 896  # 7 blocks of lcm 128
+    assert set(learned.skipped) == {64, 128}
+
+
+def test_the_tail_loss_is_the_mean_of_the_last_context_positions() -> None:
+    torch.manual_seed(0)
+    model = tiny_gpt("none")
+    tokens = torch.randint(0, VOCAB, (600,))
+    results = evaluate_lengths(model, tokens, [8, 32], batch_tokens=64, position_buckets=4, tail=8)
+    losses = direct_losses(model, tokens, 32, 18)  # (W, L): 18 windows of 32 in the 576-token span (lcm 32)
+    assert results.tokens[32] == 18 * 32
+    assert results.tail[32] == pytest.approx(losses[:, -8:].mean().item(), rel=1e-5)
+    assert results.tail[8] == pytest.approx(results.loss[8], rel=1e-6)  # at 1x the tail is the whole window
+
+
+def test_a_stop_request_ends_the_evaluation_between_batches() -> None:
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 1  # the second batch
+
+    with pytest.raises(EvalStopped):
+        evaluate_lengths(tiny_gpt("rope"), torch.randint(0, VOCAB, (600,)), [8], batch_tokens=16, should_stop=stop)
+    assert len(calls) == 2
 
 
 def test_no_lengths_leave_no_keys(finished_run: Path) -> None:
@@ -183,3 +229,18 @@ def test_bad_lengths_exit_2_naming_the_setting(tmp_path: Path, corpus: Path, cap
     stderr = capsys.readouterr().err
     assert code == 2, stderr[-2000:]
     assert "eval.lengths=" in stderr and "integers >= 1" in stderr and "Traceback" not in stderr
+
+
+def test_a_signal_during_the_length_evaluation_stops_the_run_with_a_record(tmp_path: Path, corpus: Path) -> None:
+    """Found by review: a SIGTERM after the last step (during a long 8x evaluation) was recorded and never acted
+    on, so the run ended `ok` with exit 0 and a sweep went on to its next job."""
+    cfg = make_cfg(tmp_path, [*tiny(corpus=corpus), *LEAN_CALLBACKS, "trainer.max_steps=2", "eval.lengths=[1,2]"])
+    add_callback(cfg, "term", SignalAtTrainEnd, signum=int(signal.SIGTERM))
+    with pytest.raises(RunInterrupted) as stop:
+        train(cfg)
+    assert stop.value.code == 143 and stop.value.during == "eval.lengths"
+    saved = read_metrics(tmp_path / "run")
+    assert saved["status"] == "interrupted" and saved["stopped_at_step"] == saved["global_step"] == 2
+    assert "resume" not in saved, "training had finished: a resume would be refused as a finished run"
+    assert "the signal stopped the eval.lengths evaluation" in saved["note"]
+    assert "val_loss_by_length" not in saved

@@ -63,7 +63,25 @@ def relative_distance(t_q: int, t_k: int, device: torch.device | None = None) ->
     return (i - j).abs()
 
 
-class NoPositions(nn.Module):
+class Float32Constants(nn.Module):
+    """Constants (frequencies, slopes) as float32 buffers that follow the module's device but not its dtype.
+
+    `trainer.precision=bf16-true` casts every floating buffer, which would round the frequencies (0.37 rad off
+    at position 2048) and so train with other angles than generation, which rebuilds them exactly, uses.
+    """
+
+    def _constants(self, device: torch.device | None) -> dict[str, Tensor]:
+        """The float32 buffers, computed afresh on `device`."""
+        return {}
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        for name, value in self._constants(next(iter(self.buffers()), torch.empty(0)).device).items():
+            setattr(self, name, value)  # exact float32 values again, on the device the call moved them to
+        return self
+
+
+class NoPositions(Float32Constants):
     """The neutral scheme: attention sees no position except through its mask (learned, sinusoidal, none)."""
 
     name = "none"
@@ -84,12 +102,15 @@ class Rotary(NoPositions):
         super().__init__()
         if dim % 2 or dim < 2:
             raise AttentionConfigError(
-                f"model.position=rope needs an even head width, got {dim}: choose attention.num_heads so that "
-                "model.d_model / num_heads is even, or use model.position=alibi or none."
+                f"model.position=rope needs an even head width, got {dim}: make model.d_model / "
+                "attention.num_heads even (for the single-head variants, model.d_model itself), or use "
+                "model.position=alibi or none."
             )
         self.dim, self.base = dim, base
-        inv_freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (dim/2,)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("inv_freq", self._constants(None)["inv_freq"], persistent=False)  # (dim/2,)
+
+    def _constants(self, device: torch.device | None) -> dict[str, Tensor]:
+        return {"inv_freq": inverse_frequencies(self.dim, self.base, device)}
 
     def angles(self, start: int, length: int) -> tuple[Tensor, Tensor]:
         """cos, sin of shape (T, dim/2) for positions start .. start + length - 1 (computed in float32)."""
@@ -117,7 +138,11 @@ class ALiBi(NoPositions):
 
     def __init__(self, slopes: list[float]):
         super().__init__()
-        self.register_buffer("slopes", torch.tensor(slopes, dtype=torch.float32), persistent=False)  # (H,)
+        self.slope_values = list(slopes)
+        self.register_buffer("slopes", self._constants(None)["slopes"], persistent=False)  # (H,)
+
+    def _constants(self, device: torch.device | None) -> dict[str, Tensor]:
+        return {"slopes": torch.tensor(self.slope_values, dtype=torch.float32, device=device)}
 
     def bias(self, t_q: int, t_k: int, device: torch.device) -> Tensor:
         distance = relative_distance(t_q, t_k, device)  # (Tq, Tk)
@@ -133,6 +158,11 @@ def build_positions(scheme: str, num_heads: int, head_dim: int, rope_base: float
     return NoPositions()
 
 
+def inverse_frequencies(dim: int, base: float, device: torch.device | None = None) -> Tensor:
+    """base^(-2i/dim) for i < ceil(dim/2), computed in float64 and kept in float32."""
+    return (base ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)).float()
+
+
 def sinusoidal_table(start: int, length: int, inv_freq: Tensor, d_model: int) -> Tensor:
     """Vaswani et al. (2017): PE(p, 2i) = sin(p / 10000^(2i/d)), PE(p, 2i+1) = cos(p / 10000^(2i/d))."""
     positions = torch.arange(start, start + length, device=inv_freq.device, dtype=torch.float32)
@@ -141,7 +171,7 @@ def sinusoidal_table(start: int, length: int, inv_freq: Tensor, d_model: int) ->
     return table[:, :d_model]  # (T, d_model)
 
 
-class SinusoidalPositions(nn.Module):
+class SinusoidalPositions(Float32Constants):
     """The fixed sin/cos table times one learned scalar, initialised to 1 / sqrt(d_model).
 
     Why the scale: the table's entries are of size 1 (its rows have norm sqrt(d/2)), while GPT-2's init gives token
@@ -153,10 +183,12 @@ class SinusoidalPositions(nn.Module):
 
     def __init__(self, d_model: int, base: float = 10000.0):
         super().__init__()
-        inv_freq = base ** (-torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)  # (ceil(d/2),)
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
-        self.d_model = d_model
+        self.d_model, self.base = d_model, base
+        self.register_buffer("inv_freq", inverse_frequencies(d_model, base), persistent=False)  # (ceil(d/2),)
         self.scale = nn.Parameter(torch.tensor(d_model**-0.5))
+
+    def _constants(self, device: torch.device | None) -> dict[str, Tensor]:
+        return {"inv_freq": inverse_frequencies(self.d_model, self.base, device)}
 
     def forward(self, start: int, length: int) -> Tensor:
         return self.scale * sinusoidal_table(start, length, self.inv_freq, self.d_model)  # (T, d_model)

@@ -30,9 +30,10 @@ SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, 
 class RunInterrupted(SystemExit):
     """A signal stopped the run at a step boundary; `checkpoint` resumes it."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None) -> None:
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, during: str | None = None) -> None:
         super().__init__(SIGNAL_EXIT.get(signum, 1))
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.during = during  # e.g. "eval.lengths": training had finished, what came after it was stopped
 
 
 class RunDiverged(RuntimeError):

@@ -134,7 +134,12 @@ class RunSummary(L.Callback):
         lengths = next((c for c in trainer.callbacks if isinstance(c, LengthEval)), None)
         if lengths is not None and lengths.results is not None:  # eval.lengths: the final model at each length
             metrics.update(lengths.results.metrics())
-        if status == "interrupted" and metrics["checkpoint"]:  # a diverged run would diverge again: no resume
+        if extra.get("stopped_during"):  # training had finished: there is nothing to resume
+            metrics["note"] = (
+                f"training finished (checkpoints/last.ckpt holds the final weights); the signal stopped the "
+                f"{extra['stopped_during']} evaluation after it, whose results are missing"
+            )
+        elif status == "interrupted" and metrics["checkpoint"]:  # a diverged run would diverge again: no resume
             metrics["resume"] = resume_command(self.overrides, last, self.resume_extra)
         return metrics
 

@@ -100,12 +100,12 @@ def _take_over_save_last(callbacks: list[Any]) -> list[LastCheckpoint]:
     return savers
 
 
-def _length_eval(cfg: DictConfig) -> list[LengthEval]:
+def _length_eval(cfg: DictConfig, flag: SignalFlag) -> list[LengthEval]:
     """The final model's loss at each of `eval.lengths` x context_length; none when the list is empty or the
     config predates the `eval` section."""
     section = cfg.get("eval") or {}
     lengths = list(section.get("lengths") or [])
-    return [LengthEval(lengths, section.get("position_buckets", 16))] if lengths else []
+    return [LengthEval(lengths, section.get("position_buckets", 16), flag)] if lengths else []
 
 
 def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
@@ -216,7 +216,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         *_take_over_save_last(callbacks),
         HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
         ValidateAtLastStep(),
-        *_length_eval(cfg),  # at on_train_end, so its results are there when the summary collects at on_fit_end
+        *_length_eval(cfg, flag),  # at on_train_end, so its results are there when the summary collects at on_fit_end
         summary,
     ]
     loggers = _instantiate_group(cfg.get("logger"))
@@ -235,7 +235,8 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
                 warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except RunInterrupted as stop:
-        summary.finish(trainer, module, "interrupted", signal=stop.signum, stopped_at_step=stop.step)
+        during = {"stopped_during": stop.during} if stop.during else {}
+        summary.finish(trainer, module, "interrupted", signal=stop.signum, stopped_at_step=stop.step, **during)
         raise
     except (SIGTERMException, KeyboardInterrupt, StopNow) as exc:  # a signal off a step boundary (e.g. validation)
         signum = flag.signum or (15 if isinstance(exc, SIGTERMException) else 2)
