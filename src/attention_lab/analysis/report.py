@@ -15,7 +15,7 @@ from pathlib import Path
 from .grouping import differing_knobs, group_by_seed, run_labels, sort_runs
 from .length_plots import write_length_plots
 from .plots import write_plots
-from .runs import OK, STATUS_ORDER, CompareError, Run, discover_runs, load_run, name_runs
+from .runs import OK, STATUS_ORDER, UNSUPPORTED, CompareError, Run, discover_runs, load_run, name_runs
 from .tables import write_tables
 
 PathLike = str | os.PathLike[str]
@@ -29,6 +29,7 @@ class Report:
     knobs: list[str]  # the config keys that differ between the runs
     written: list[Path]  # tables, then the plots that had something to draw
     not_run: list[str] = field(default_factory=list)  # jobs a stopped sweep never started, "<sweep> job N: ..."
+    unsupported: dict[str, int] = field(default_factory=dict)  # reason -> jobs: grid holes, not runs
 
     def counts(self) -> dict[str, int]:
         """Runs per status, every status present (0 included), in status order."""
@@ -67,6 +68,26 @@ def _append_not_run(report_md: Path, not_run: list[str]) -> None:
         f.write("\n".join(lines) + "\n")
 
 
+def _append_unsupported(report_md: Path, unsupported: dict[str, int]) -> None:
+    lines = ["", "## Pairs that cannot exist", "", "Jobs of the sweep that were not trained, by design:"]
+    lines += [f"- {count} job{'s' if count > 1 else ''}: {reason}" for reason, count in unsupported.items()]
+    with report_md.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def split_unsupported(runs: list[Run]) -> tuple[list[Run], dict[str, int]]:
+    """The runs, and the jobs whose metrics.json says `unsupported` (counted by reason): a variants x schemes
+    sweep records linear + alibi that way; they are holes in the grid, not unfinished runs."""
+    kept, holes = [], {}
+    for run in runs:
+        if run.metrics.get("status") == UNSUPPORTED:
+            reason = str(run.metrics.get("reason") or "unsupported settings")
+            holes[reason] = holes.get(reason, 0) + 1
+        else:
+            kept.append(run)
+    return kept, holes
+
+
 def default_out(sources: Sequence[PathLike]) -> Path:
     """Next to the input: the run or sweep folder given, or the folder holding all of several inputs."""
     resolved = list(dict.fromkeys(Path(s).resolve() for s in sources))
@@ -88,7 +109,12 @@ def _load(paths: Sequence[PathLike], layer: int) -> list[Run]:
 
 def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int = 0) -> Report:
     """Report on the runs in `paths` into `out` (default: see `default_out`); CompareError for bad paths."""
-    runs = _load(paths, layer)
+    runs, unsupported = split_unsupported(_load(paths, layer))
+    if not runs:
+        raise CompareError(
+            f"every job in {', '.join(str(p) for p in paths)} is an unsupported (variant, position) pair: "
+            "nothing was trained, so there is nothing to compare."
+        )
     out = Path(out) if out is not None else default_out(paths)
     if out.exists() and not out.is_dir():
         raise CompareError(f"output folder {out} is a file: give a folder with --out (it is created if missing).")
@@ -101,4 +127,7 @@ def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int 
     not_run = jobs_never_run(paths)
     if not_run:
         _append_not_run(tables["report.md"], not_run)
-    return Report(runs, knobs, [*tables.values(), *(p for p in plots.values() if p is not None)], not_run)
+    if unsupported:
+        _append_unsupported(tables["report.md"], unsupported)
+    written = [*tables.values(), *(p for p in plots.values() if p is not None)]
+    return Report(runs, knobs, written, not_run, unsupported)

@@ -43,6 +43,15 @@ STATUS_ORDER = {OK: 0, INCOMPLETE: 1, FAILED: 2}
 # run has its own folder) or do not change what is learned, and would only add noise columns.
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.")
 IGNORED_LAST_PARTS = {"output_dir", "default_root_dir", "dirpath", "save_dir", "cache_dir", "log_dir", "ckpt_path"}
+# Settings added after runs were made, with the value those older runs trained with: an old run then groups
+# with new runs of the same settings instead of showing "-" and a knob that differs only by its absence.
+ADDED_SETTINGS: dict[str, Any] = {
+    "model.position": "learned",
+    "model.rope_base": 10000.0,
+    "eval.lengths": [],
+    "eval.position_buckets": 16,
+}
+UNSUPPORTED = "unsupported"  # metrics.json of a sweep job whose (variant, position) pair cannot exist
 
 
 class CompareError(UserError):
@@ -175,6 +184,8 @@ def read_config(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
         raw = flatten_config(OmegaConf.to_container(cfg, resolve=False))
     except Exception:
         return None
+    for key, value in ADDED_SETTINGS.items():
+        raw.setdefault(key, _freeze(value))
     return raw, {key: _resolve(cfg, key, value) for key, value in raw.items()}
 
 
@@ -203,9 +214,6 @@ def _apply_metrics(run: Run, metrics: dict[str, Any] | None, problem: str) -> No
     if metrics.get("status") == FAILED:
         run.status = FAILED
         run.notes.append(str(metrics.get("error") or "failed (no error message)"))
-    elif metrics.get("status") == "unsupported":  # a hole in a variants x position schemes grid
-        run.status = INCOMPLETE
-        run.notes.append(f"not trained: {metrics.get('reason') or 'unsupported settings'}")
     elif metrics.get("status") != OK:
         run.status = INCOMPLETE
         run.notes.append(f"metrics.json has status {metrics.get('status')!r}")

@@ -66,6 +66,8 @@ def print_summary(report: Report) -> None:
         print(f"  {run.status}: {run.name}: {'; '.join(run.notes)}", file=sys.stderr)
     for job in report.not_run:
         print(f"  never ran: {job}", file=sys.stderr)
+    for reason, count in report.unsupported.items():
+        print(f"  not trained ({count} job{'s' if count > 1 else ''}, by design): {reason}")
     for path in report.written:
         print(path)
 

@@ -54,6 +54,8 @@ def sweep_outcome(sweep_dir: Path) -> tuple[str, int]:
     code = next((code for status, code in SEVERITY if status in counts), 0)
     if code == 0 and set(counts) - {"ok", UNSUPPORTED}:
         code = 1
+    if set(counts) == {UNSUPPORTED}:  # a grid of holes only: nothing was trained, a user's mistake
+        code = 2
     summary = ", ".join(f"{n} {status}" for status, n in counts.items()) or "no job records"
     return f"sweep {sweep_dir}: {len(statuses)} jobs: {summary}", code
 
