@@ -137,6 +137,10 @@ def length_fields(by_length: dict[int, float | None], by_position: list[float] |
     longest = max(by_length)
     return {
         "val_loss_by_length": {str(n): loss for n, loss in by_length.items()},
+        # the tail of each window: the whole window at 1x, TAIL_STEP worse per doubling beyond (made-up numbers)
+        "val_loss_tail_by_length": {
+            str(n): None if loss is None else loss + TAIL_STEP * (n // CONTEXT - 1) for n, loss in by_length.items()
+        },
         "eval_not_applicable": {
             str(n): f"{position} positions stop at context_length={CONTEXT}"
             for n, loss in by_length.items()
@@ -149,6 +153,7 @@ def length_fields(by_length: dict[int, float | None], by_position: list[float] |
     }
 
 
+TAIL_STEP = 0.1
 MULTIHEAD = {"name": "multihead", "num_heads": 4, "dropout": 0.1}
 GQA = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 2}
 GQA_BAD = {"name": "gqa", "num_heads": 4, "dropout": 0.1, "num_kv_heads": 3}

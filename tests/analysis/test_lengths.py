@@ -96,3 +96,14 @@ def test_training_context_only_when_all_runs_agree() -> None:
     assert training_context([_run({}, {"model.context_length": 128})] * 2) == 128
     assert training_context([_run({}, {"model.context_length": 128}), _run({}, {"model.context_length": 64})]) is None
     assert training_context([_run({}, {"model.context_length": 128}), _run({})]) is None
+
+
+def test_the_tail_table_isolates_the_positions_past_the_trained_length(length_sweep: Path) -> None:
+    report = (length_sweep / "report.md").read_text()
+    first, tail = report.split("## Loss by evaluation length")[1].split("## Loss of the last context_length positions")
+    rope_first = next(line for line in first.splitlines() if line.startswith("| gqa (position=rope)"))
+    rope_tail = next(line for line in tail.splitlines() if line.startswith("| gqa (position=rope)"))
+    first_cells, tail_cells = rope_first.split(" | "), rope_tail.split(" | ")
+    assert tail_cells[2] == first_cells[2], "at the training length the tail is the whole window"
+    # at 4x the context the made-up tail is 3 steps of TAIL_STEP above the window's mean
+    assert float(tail_cells[4].split(" ")[0]) == pytest.approx(float(first_cells[4].split(" ")[0]) + 0.3, abs=1e-3)

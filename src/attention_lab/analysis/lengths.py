@@ -19,6 +19,7 @@ from typing import Any
 from .runs import Group, Run
 
 LENGTH_KEY = "val_loss_by_length"
+TAIL_KEY = "val_loss_tail_by_length"  # the same, over each window's last context_length positions only
 REASONS_KEY = "eval_not_applicable"
 TOKENS_KEY = "eval_tokens"
 POSITION_KEY = "loss_by_position"
@@ -45,19 +46,19 @@ def _int_keys(raw: Any) -> dict[int, Any]:
     return dict(sorted(out.items()))
 
 
-def losses_by_length(run: Run) -> dict[int, float | None]:
+def losses_by_length(run: Run, key: str = LENGTH_KEY) -> dict[int, float | None]:
     """Length -> val loss, None where not applicable (null). A non-finite loss is left out: it was evaluated,
-    so it is not "n/a", but it is no number either, and shows as missing."""
+    so it is not "n/a", but it is no number either, and shows as missing. `key`: TAIL_KEY for the tail losses."""
     out: dict[int, float | None] = {}
-    for length, value in _int_keys(run.metrics.get(LENGTH_KEY)).items():
+    for length, value in _int_keys(run.metrics.get(key)).items():
         if value is None or _finite(value) is not None:
             out[length] = _finite(value)
     return out
 
 
-def eval_lengths(runs: Sequence[Run]) -> list[int]:
+def eval_lengths(runs: Sequence[Run], key: str = LENGTH_KEY) -> list[int]:
     """Every evaluation length any run has, ascending; empty when no run was evaluated by length."""
-    return sorted({length for run in runs for length in losses_by_length(run)})
+    return sorted({length for run in runs for length in losses_by_length(run, key)})
 
 
 def training_context(runs: Sequence[Run]) -> int | None:
@@ -88,9 +89,9 @@ class LengthStat:
         return text + (f" (n={self.n})" if self.n < n_expected else "")
 
 
-def length_stat(runs: Sequence[Run], length: int) -> LengthStat:
+def length_stat(runs: Sequence[Run], length: int, key: str = LENGTH_KEY) -> LengthStat:
     """The loss at `length` pooled over `runs` (pass a group's finished runs)."""
-    found = [by[length] for by in map(losses_by_length, runs) if length in by]
+    found = [by[length] for by in (losses_by_length(run, key) for run in runs) if length in by]
     values = [v for v in found if v is not None]
     if not values:
         return LengthStat(None, None, 0, not_applicable=bool(found))
@@ -130,7 +131,9 @@ def group_cells(group: Group, lengths: Sequence[int]) -> dict[str, float | None]
     return cells
 
 
-def markdown_rows(groups: Sequence[Group], lengths: Sequence[int]) -> tuple[list[str], list[list[str]]]:
+def markdown_rows(
+    groups: Sequence[Group], lengths: Sequence[int], key: str = LENGTH_KEY
+) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the "Loss by evaluation length" table: one row per group evaluated by length.
 
     Groups rather than runs: a lone run is a group of one, and a seed group's spread is what says whether two
@@ -143,7 +146,7 @@ def markdown_rows(groups: Sequence[Group], lengths: Sequence[int]) -> tuple[list
     for group in groups:
         runs = evaluated(group)
         if runs:
-            rows.append([group.label, str(len(runs)), *(length_stat(runs, n).text(len(runs)) for n in lengths)])
+            rows.append([group.label, str(len(runs)), *(length_stat(runs, n, key).text(len(runs)) for n in lengths)])
     return header, rows
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from .grouping import ABSENT, format_value, is_seed_key, knob_value
 from .lengths import (
+    TAIL_KEY,
     csv_columns,
     eval_lengths,
     group_cells,
@@ -195,9 +196,19 @@ def _md_lengths(runs: Sequence[Run], groups: Sequence[Group]) -> list[str]:
         "finished seeds; n/a: not applicable, —: not evaluated. " + tokens_note(runs)
     )
     reasons = [f"- {reason}" for reason in not_applicable_reasons(runs)]
-    return ["", "## Loss by evaluation length", "", intro.strip(), "", *_md_table(header, body)] + (
-        ["", *reasons] if reasons else []
-    )
+    lines = ["", "## Loss by evaluation length", "", intro.strip(), "", *_md_table(header, body)]
+    lines += ["", *reasons] if reasons else []
+    tail_lengths = eval_lengths(runs, TAIL_KEY)
+    if tail_lengths:
+        header, body = markdown_rows(groups, tail_lengths, TAIL_KEY)
+        tail_intro = (
+            "The same windows, scored on each window's last `model.context_length` positions only (at the training "
+            "length: the whole window): the positions furthest past the trained length. A window's mean above also "
+            "credits the longer context its later tokens see; this one isolates extrapolation."
+        )
+        lines += ["", "## Loss of the last context_length positions, by evaluation length", "", tail_intro, ""]
+        lines += _md_table(header, body)
+    return lines
 
 
 def _md_notes_and_plots(runs: Sequence[Run], plots: dict[str, Path | None]) -> list[str]:
