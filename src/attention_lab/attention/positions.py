@@ -176,7 +176,8 @@ class SinusoidalPositions(Float32Constants):
 
     Why the scale: the table's entries are of size 1 (its rows have norm sqrt(d/2)), while GPT-2's init gives token
     embeddings entries of 0.02; added raw, position swamps the tokens 35:1 at d_model=64 and the model starts
-    blind to what the tokens are (measured: val loss 2.81 against 2.11 for learned positions, 600 steps).
+    blind to what the tokens are (a first run of experiment=compare_positions with the raw table, seed 0, ended at
+    val loss 2.81 against 2.11 for learned positions; scaled, 2.28).
     Vaswani et al. scale the embeddings up by sqrt(d) instead; x-transformers' ScaledSinusoidalEmbedding scales the
     table down with a learned scalar from d^-0.5, which is what this does. Computed for the positions asked for,
     so it has no table that limits the length."""
