@@ -82,6 +82,7 @@ def test_positions_change_the_outputs() -> None:
                 assert (outputs[a] - outputs[b]).abs().max() > 1e-5, f"{a} and {b} give the same logits"
 
 
+@pytest.mark.slow  # 64 generations, ~3 s in all: run by CI, kept out of the quick pre-commit run
 @pytest.mark.parametrize(("name", "position"), PAIRS)
 def test_cached_and_uncached_greedy_tokens_are_identical(name: str, position: str) -> None:
     """3 prompt tokens + 30 new ones outgrow the context (12): relative schemes keep the cache past it."""

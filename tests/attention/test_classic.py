@@ -253,6 +253,7 @@ def test_classic_dropout_only_in_training(batch: torch.Tensor) -> None:
     torch.testing.assert_close(ca(batch), ca(batch), atol=0, rtol=0)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: ~2 s
 def test_chapter_import_line_works_in_a_fresh_interpreter() -> None:
     """`from attention_lab.attention import MultiHeadAttention` works, and pulls in neither Lightning nor Hydra."""
     code = (
