@@ -90,6 +90,8 @@ def test_the_defaults_are_valid(tmp_path: Path) -> None:
         (["+optim.foo=1"], "optim.foo is not a setting", "optim.lr"),
         (["+sed=1"], "sed is not a setting", "did you mean seed?"),
         (["model.position=relative"], "model.position='relative'", "model.position=rope"),
+        (["model.init=xavier"], "model.init='xavier'", "model.init=gpt2"),
+        (["model.mlp_ratio=0"], "model.mlp_ratio=0", "model.mlp_ratio=4"),
         (["model.rope_base=1"], "model.rope_base=1", "model.rope_base=10000.0"),
         (["attention=linear", "model.position=alibi"], "attention=linear does not support", "rope / none"),
         (["model.position=rope", "model.d_model=132", "attention.num_heads=12"], "even head width", "num_heads"),

@@ -28,6 +28,7 @@ from .attention.positions import POSITIONS
 from .attention.registry import KNOB_DOCS
 from .data import TOKENIZERS
 from .errors import UserError
+from .model import INITS
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class ModelSchema:
     tie_weights: bool = setting(bool, expect="true or false", example="true")
     position: str = setting(str, lambda v: v in POSITIONS, f"one of {', '.join(POSITIONS)}", "rope")
     rope_base: float = setting(float, lambda v: 1 < v < math.inf, "a number > 1 (RoPE's wavelength base)", "10000.0")
+    mlp_ratio: int = positive_int("4")
+    init: str = setting(str, lambda v: v in INITS, f"one of {', '.join(INITS)}", "gpt2")
 
 
 @dataclass

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from .attention import build_attention, count_params
 from .attention.positions import SinusoidalPositions
 
+INITS = ("gpt2", "torch_default")  # model.init: GPT-2's std-0.02 scheme, or each module's PyTorch default
+
 
 class MLP(nn.Module):
     def __init__(self, d_model: int, ratio: int = 4):
@@ -44,6 +46,7 @@ class Block(nn.Module):
         resid_dropout: float,
         position: str = "learned",
         rope_base: float = 10000.0,
+        mlp_ratio: int = 4,
     ):
         super().__init__()
         knobs = {k: v for k, v in attention.items() if k != "name"}
@@ -52,7 +55,7 @@ class Block(nn.Module):
             attention["name"], d_model, context_length, position=position, rope_base=rope_base, **knobs
         )
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model)
+        self.mlp = MLP(d_model, mlp_ratio)
         self.drop_resid = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
@@ -84,12 +87,16 @@ class GPT(nn.Module):
         tie_weights: bool = True,
         position: str = "learned",
         rope_base: float = 10000.0,
+        mlp_ratio: int = 4,
+        init: str = "gpt2",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init={init!r}: use one of {', '.join(INITS)}")
         if "name" not in attention:
             raise ValueError("the attention config needs a `name` (e.g. attention=multihead).")
         self.vocab_size, self.context_length, self.n_layers = vocab_size, context_length, n_layers
-        self.position = position
+        self.position, self.init = position, init
         self.tok_emb = nn.Embedding(vocab_size, d_model)
         if position == "learned":
             self.pos_emb = nn.Embedding(context_length, d_model)
@@ -97,12 +104,21 @@ class GPT(nn.Module):
             self.sinusoidal = SinusoidalPositions(d_model)
         self.drop_emb = nn.Dropout(emb_dropout)
         self.blocks = nn.ModuleList(
-            [Block(d_model, context_length, attention, resid_dropout, position, rope_base) for _ in range(n_layers)]
+            [
+                Block(d_model, context_length, attention, resid_dropout, position, rope_base, mlp_ratio)
+                for _ in range(n_layers)
+            ]
         )
         self.final_norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         if tie_weights:
             self.head.weight = self.tok_emb.weight
+        if init == "gpt2":
+            self._gpt2_init(n_layers)
+        # init == "torch_default": every module keeps what its own reset_parameters gave it at construction
+        # (N(0, 1) embeddings, Kaiming-uniform linears, LayerNorm 1/0): how the book trains its chapter-4/5 GPT
+
+    def _gpt2_init(self, n_layers: int) -> None:
         self.apply(self._init_weights)
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layers)
         residual_std = 0.02 / math.sqrt(2 * n_layers)

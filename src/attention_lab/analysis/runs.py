@@ -50,6 +50,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "model.rope_base": 10000.0,
     "eval.lengths": [],
     "eval.position_buckets": 16,
+    "model.mlp_ratio": 4,
+    "model.init": "gpt2",
 }
 UNSUPPORTED = "unsupported"  # metrics.json of a sweep job whose (variant, position) pair cannot exist
 
