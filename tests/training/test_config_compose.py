@@ -48,6 +48,7 @@ def test_an_experiment_preset_overrides_the_top_level_defaults(tmp_path: Path) -
     assert list(overridden.eval.lengths) == [1] and overridden.optim.lr == 1e-3  # the command line still wins
 
 
+@pytest.mark.slow  # 13 Hydra compositions, 1-2.5 s: CI runs it; tests/test_config.py checks the YAML text quickly
 def test_attention_yaml_lists_every_knob_with_its_default(tmp_path: Path) -> None:
     for name in available():
         cfg = make_cfg(tmp_path, [f"attention={name}"])
