@@ -212,6 +212,7 @@ def test_without_out_nothing_under_benchmarks_results_is_written(
         (["--lengths", "-5"], "--lengths"),
         (["--repeats", "0"], "--repeats"),
         (["--heads", "3"], "--heads"),  # 32 is not divisible by 3
+        (["--d-model", "30", "--heads", "2", "--schemes", "rope"], "--heads"),  # head width 15: rope needs even
         (["--dtype", "float64"], "--dtype"),
         (["--variants", "nope"], "--variants"),
         (["--device", "nonsense"], "--device"),

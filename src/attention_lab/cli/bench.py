@@ -234,6 +234,12 @@ def _loop(args: argparse.Namespace) -> None:
 
 def _positions(args: argparse.Namespace) -> None:
     _check_heads(args.d_model, args.heads)
+    head_width = args.d_model // args.heads
+    if "rope" in args.schemes and head_width % 2:
+        raise UserError(
+            f"--d-model {args.d_model} / --heads {args.heads} = {head_width}: rope needs an even head width; "
+            "choose --heads so that d_model / heads is even, or leave rope out of --schemes."
+        )
     device = resolve_device(args.device, setting="--device")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     spec = PositionsBenchmark(
