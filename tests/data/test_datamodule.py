@@ -89,5 +89,8 @@ def test_datamodule_with_a_worker_process(tiny_corpus: Path, tmp_path: Path) -> 
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert loader.persistent_workers
-    x, y = next(iter(loader))
+    batches = iter(loader)
+    x, y = next(batches)
     assert x.shape == (4, 8) and torch.equal(x[:, 1:], y[:, :-1])
+    # stop the worker now: left to the garbage collector, its shutdown stalled a later test for 5 s
+    batches._shutdown_workers()
