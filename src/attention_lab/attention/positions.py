@@ -24,7 +24,6 @@ from torch import Tensor, nn
 from .functional import AttentionConfigError
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
-ADDED_TO_EMBEDDINGS = ("learned", "sinusoidal")
 RELATIVE = ("rope", "alibi", "none")  # nothing tied to an absolute position table: any length runs
 
 
@@ -84,8 +83,6 @@ class Float32Constants(nn.Module):
 class NoPositions(Float32Constants):
     """The neutral scheme: attention sees no position except through its mask (learned, sinusoidal, none)."""
 
-    name = "none"
-
     def rotate(self, *tensors: Tensor, start: int) -> tuple[Tensor, ...]:
         return tensors
 
@@ -95,8 +92,6 @@ class NoPositions(Float32Constants):
 
 class Rotary(NoPositions):
     """RoPE on the last `dim` features of (..., T, dim) tensors, half-split layout, for any positions."""
-
-    name = "rope"
 
     def __init__(self, dim: int, base: float = 10000.0):
         super().__init__()
@@ -133,8 +128,6 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class ALiBi(NoPositions):
     """A bias of -slope_h * |i - j| on head h's scores (zero on the diagonal, linear in the distance)."""
-
-    name = "alibi"
 
     def __init__(self, slopes: list[float]):
         super().__init__()
