@@ -3,15 +3,10 @@ and every bad value fails in `validate` with a message that names the setting an
 
 from __future__ import annotations
 
-import copy
-import functools
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra._internal.config_loader_impl import ConfigLoaderImpl
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
 import attention_lab
@@ -19,31 +14,13 @@ from attention_lab.attention import available
 from attention_lab.config import SECTIONS, attention_yaml, validate
 from attention_lab.errors import UserError
 from attention_lab.training.optim import effective_warmup
+from tests.helpers import compose_train
 
 CONF = Path(attention_lab.__file__).parent / "conf"
 
 
-GROUPS = {path.name for path in CONF.iterdir() if path.is_dir()}
-
-
-@functools.cache
-def _default_config() -> DictConfig:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose("train")
-
-
 def make_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """The composed config. Value overrides (`optim.lr=0`, `+model.foo=1`) are applied to one cached composition
-    by Hydra's own override code, as compose applies them; a group override (`attention=gqa`) composes afresh.
-    A full composition per case made this file the slowest of the quick test run."""
-    overrides = [f"paths.output_dir={tmp_path / 'run'}", *overrides]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    if any(o.key_or_group in GROUPS for o in parsed):
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("train", overrides=overrides)
-    cfg = copy.deepcopy(_default_config())
-    ConfigLoaderImpl._apply_overrides_to_config(parsed, cfg)
-    return cfg
+    return compose_train([f"paths.output_dir={tmp_path / 'run'}", *overrides])
 
 
 @pytest.mark.parametrize("name", available())

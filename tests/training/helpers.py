@@ -32,6 +32,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 import attention_lab
+from tests.helpers import compose_train
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train.py"
@@ -74,16 +75,14 @@ def finished_overrides(corpus: Path) -> list[str]:
 
 def make_cfg(tmp_path: Path, overrides: Sequence[str]) -> DictConfig:
     """The composed config as the task sees it, writing into tmp_path/run (no Hydra runtime, no run folder)."""
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(
-            "train",
-            overrides=[
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"paths.log_dir={tmp_path}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
-                *overrides,
-            ],
-        )
+    return compose_train(
+        [
+            f"paths.output_dir={tmp_path / 'run'}",
+            f"paths.log_dir={tmp_path}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            *overrides,
+        ]
+    )
 
 
 def compose_with_hydra(overrides: Sequence[str]) -> DictConfig:
