@@ -70,7 +70,11 @@ def resume_command(overrides: list[str], checkpoint: Path, extra: list[str] | No
 
 
 class RunSummary(L.Callback):
-    """Collects metrics.json where training ran; rank 0 writes it at the end of fit."""
+    """Collects metrics.json where training ran; rank 0 writes it at the end of fit.
+
+    Other callbacks add fields by defining `summary_fields(trainer, pl_module) -> dict` (called for every
+    outcome, so it must cope with a run that stopped early); the fields are merged into the record as they are.
+    """
 
     def __init__(
         self, cfg: DictConfig, overrides: list[str], started: float, warmup_steps: int, sweep_job: bool = False
@@ -134,6 +138,10 @@ class RunSummary(L.Callback):
         lengths = next((c for c in trainer.callbacks if isinstance(c, LengthEval)), None)
         if lengths is not None and lengths.results is not None:  # eval.lengths: the final model at each length
             metrics.update(lengths.results.metrics())
+        for callback in trainer.callbacks:  # any callback can add its own fields (probes, telemetry, FLOPs)
+            fields = getattr(callback, "summary_fields", None)
+            if callable(fields):
+                metrics.update(fields(trainer, pl_module))
         if extra.get("stopped_during"):  # training had finished: there is nothing to resume
             metrics["note"] = (
                 f"training finished (checkpoints/last.ckpt holds the final weights); the signal stopped the "
