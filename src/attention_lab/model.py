@@ -1,6 +1,6 @@
 """A GPT-2 style decoder whose attention layer comes from the registry (nanoGPT-sized, no Lightning here).
 
-token embeddings (+ position embeddings) -> N pre-LayerNorm blocks (attention, 4x GELU MLP) -> LayerNorm -> head.
+token embeddings (+ position embeddings) -> N pre-LayerNorm blocks (attention, GELU MLP) -> LayerNorm -> head.
 Dropout is set separately for embeddings (`emb_dropout`), residual branches (`resid_dropout`) and the
 attention weights (the attention config's own `dropout`).
 
@@ -8,10 +8,16 @@ attention weights (the attention config's own `dropout`).
 default) or `sinusoidal` (Vaswani et al.'s fixed table) are added to the token embeddings; `rope` and `alibi`
 act inside every attention layer (attention/positions.py); `none` (NoPE) relies on the causal mask alone.
 Only `learned` ties the model to context_length: the others run on longer sequences than they trained on.
+
+`init_seed` makes the initial weights common random numbers: every parameter is drawn from its own generator,
+seeded by (init_seed, the parameter's name), so the parts two attention variants share (embeddings, norms, MLPs,
+head) start bit-identical whatever attention was built next to them, and building the model leaves the global
+random stream (dropout) where it was. Without it, the weights come from the global stream in construction order.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -22,14 +28,24 @@ from .attention import build_attention, count_params
 from .attention.positions import SinusoidalPositions
 
 INITS = ("gpt2", "torch_default")  # model.init: GPT-2's std-0.02 scheme, or each module's PyTorch default
+RESIDUAL_PROJECTIONS = ("out_proj.weight", "mlp.proj.weight")  # write into the residual stream: GPT-2 scales them
+
+
+def name_seed(seed: int, name: str) -> int:
+    """A 63-bit generator seed for one parameter (or module) of a model seeded with `seed`.
+
+    A stable hash (hashlib, not Python's per-process salted `hash()`), so the same name gets the same numbers in
+    every process, and a function of the name alone, so nothing built before it can shift its numbers."""
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class MLP(nn.Module):
-    def __init__(self, d_model: int, ratio: int = 4):
+    def __init__(self, d_model: int, hidden: int):
         super().__init__()
-        self.fc = nn.Linear(d_model, ratio * d_model)
+        self.fc = nn.Linear(d_model, hidden)
         self.act = nn.GELU(approximate="tanh")  # GPT-2's GELU
-        self.proj = nn.Linear(ratio * d_model, d_model)
+        self.proj = nn.Linear(hidden, d_model)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(self.act(self.fc(x)))
@@ -46,7 +62,7 @@ class Block(nn.Module):
         resid_dropout: float,
         position: str = "learned",
         rope_base: float = 10000.0,
-        mlp_ratio: int = 4,
+        mlp_hidden: int | None = None,  # None: 4 x d_model
     ):
         super().__init__()
         knobs = {k: v for k, v in attention.items() if k != "name"}
@@ -55,7 +71,7 @@ class Block(nn.Module):
             attention["name"], d_model, context_length, position=position, rope_base=rope_base, **knobs
         )
         self.norm2 = nn.LayerNorm(d_model)
-        self.mlp = MLP(d_model, mlp_ratio)
+        self.mlp = MLP(d_model, 4 * d_model if mlp_hidden is None else mlp_hidden)
         self.drop_resid = nn.Dropout(resid_dropout)
 
     def forward(self, x: Tensor, return_weights: bool = False, cache: dict | None = None):
@@ -64,6 +80,16 @@ class Block(nn.Module):
         x = x + self.drop_resid(attended)
         x = x + self.drop_resid(self.mlp(self.norm2(x)))
         return x, weights
+
+
+def _gpt2_kind(module: nn.Module) -> bool:
+    """Modules whose weights GPT-2's init draws (LayerNorm keeps its 1/0 through reset_parameters)."""
+    return isinstance(module, (nn.Linear, nn.Embedding))
+
+
+def _raw_projection(name: str, param: Tensor) -> bool:
+    """A raw nn.Parameter projection matrix (SelfAttentionV1's W_query, W_key, W_value)."""
+    return name.rsplit(".", 1)[-1].startswith("W_") and param.dim() == 2
 
 
 class KVCache:
@@ -88,8 +114,12 @@ class GPT(nn.Module):
         position: str = "learned",
         rope_base: float = 10000.0,
         mlp_ratio: int = 4,
+        mlp_hidden: int | None = None,
         init: str = "gpt2",
+        init_seed: int | None = None,
     ):
+        """mlp_hidden: the MLP's hidden width (None: mlp_ratio x d_model). init_seed: seed every parameter from
+        (init_seed, its name), see the module docstring; None draws from the global random stream."""
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r}: use one of {', '.join(INITS)}")
@@ -97,24 +127,29 @@ class GPT(nn.Module):
             raise ValueError("the attention config needs a `name` (e.g. attention=multihead).")
         self.vocab_size, self.context_length, self.n_layers = vocab_size, context_length, n_layers
         self.position, self.init = position, init
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        if position == "learned":
-            self.pos_emb = nn.Embedding(context_length, d_model)
-        elif position == "sinusoidal":
-            self.sinusoidal = SinusoidalPositions(d_model)
-        self.drop_emb = nn.Dropout(emb_dropout)
-        self.blocks = nn.ModuleList(
-            [
-                Block(d_model, context_length, attention, resid_dropout, position, rope_base, mlp_ratio)
-                for _ in range(n_layers)
-            ]
-        )
-        self.final_norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
-        if tie_weights:
-            self.head.weight = self.tok_emb.weight
-        if init == "gpt2":
-            self._gpt2_init(n_layers)
+        hidden = mlp_ratio * d_model if mlp_hidden is None else mlp_hidden
+        # seeded: construction draws from a fork of the global stream, so the caller's stream (dropout) is unmoved
+        with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
+            self.tok_emb = nn.Embedding(vocab_size, d_model)
+            if position == "learned":
+                self.pos_emb = nn.Embedding(context_length, d_model)
+            elif position == "sinusoidal":
+                self.sinusoidal = SinusoidalPositions(d_model)
+            self.drop_emb = nn.Dropout(emb_dropout)
+            self.blocks = nn.ModuleList(
+                [
+                    Block(d_model, context_length, attention, resid_dropout, position, rope_base, hidden)
+                    for _ in range(n_layers)
+                ]
+            )
+            self.final_norm = nn.LayerNorm(d_model)
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
+            if tie_weights:
+                self.head.weight = self.tok_emb.weight
+            if init_seed is not None:
+                self._seeded_init(init_seed)
+            elif init == "gpt2":
+                self._gpt2_init(n_layers)
         # init == "torch_default": every module keeps what its own reset_parameters gave it at construction
         # (N(0, 1) embeddings, Kaiming-uniform linears, LayerNorm 1/0): how the book trains its chapter-4/5 GPT
 
@@ -123,7 +158,7 @@ class GPT(nn.Module):
         # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layers)
         residual_std = 0.02 / math.sqrt(2 * n_layers)
         for name, param in self.named_parameters():
-            if name.endswith(("out_proj.weight", "mlp.proj.weight")):
+            if name.endswith(RESIDUAL_PROJECTIONS):
                 nn.init.normal_(param, mean=0.0, std=residual_std)
 
     @staticmethod
@@ -137,6 +172,37 @@ class GPT(nn.Module):
         for name, param in module.named_parameters(recurse=False):
             if name.startswith("W_") and param.dim() == 2:
                 nn.init.normal_(param, mean=0.0, std=0.02)
+
+    @torch.no_grad()
+    def _seeded_init(self, seed: int) -> None:
+        """The same distributions as the unseeded inits, each parameter drawn from a generator of its own name.
+
+        torch_default re-runs each module's own reset_parameters under its module's seed (PyTorch's statistics,
+        exactly); gpt2 draws N(0, 0.02) weights (residual projections scaled), zero biases, LayerNorm 1/0. A
+        tied weight is initialised once, by the module that comes first (the token embedding, not the head).
+        Runs inside the constructor's fork of the global stream, so its `manual_seed` calls leak nowhere."""
+        residual_std = 0.02 / math.sqrt(2 * self.n_layers)
+        seen: set[int] = set()
+        for prefix, module in self.named_modules():
+            own = [(f"{prefix}.{n}" if prefix else n, p) for n, p in module.named_parameters(recurse=False)]
+            own = [(name, p) for name, p in own if id(p) not in seen]
+            if not own:  # no parameters, or only one tied to an earlier module's (the tied head)
+                continue
+            seen.update(id(p) for _, p in own)
+            if hasattr(module, "reset_parameters") and not (self.init == "gpt2" and _gpt2_kind(module)):
+                torch.manual_seed(name_seed(seed, prefix))  # PyTorch's own init, from this module's seed
+                module.reset_parameters()
+                continue
+            for name, param in own:
+                generator = torch.Generator(param.device).manual_seed(name_seed(seed, name))
+                if isinstance(module, nn.Linear) and name.endswith(".bias"):
+                    param.zero_()
+                elif self.init == "gpt2" and (_gpt2_kind(module) or _raw_projection(name, param)):
+                    std = residual_std if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
+                    param.normal_(0.0, std, generator=generator)
+                elif _raw_projection(name, param):  # torch_default: the chapter's torch.rand, uniform [0, 1)
+                    param.uniform_(0.0, 1.0, generator=generator)
+                # anything else has no random init (SinusoidalPositions' scale): kept as constructed
 
     @property
     def max_length(self) -> int | None:

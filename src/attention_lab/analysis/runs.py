@@ -52,6 +52,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "eval.position_buckets": 16,
     "model.mlp_ratio": 4,
     "model.init": "gpt2",
+    "model.mlp_hidden": None,
+    "model.match_params": None,
 }
 UNSUPPORTED = "unsupported"  # metrics.json of a sweep job whose (variant, position) pair cannot exist
 

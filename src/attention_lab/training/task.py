@@ -53,6 +53,7 @@ from .guards import LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, Signa
 from .length_eval import LengthEval
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
+from .param_match import ParamMatch, ParamMatchReport, resolve_match
 from .run_dir import register_resolvers, release_unused, requeue_checkpoint
 from .summary import RunSummary, write_metrics
 from .sweep import format_invalid_jobs, format_stopped_sweep, invalid_jobs, stopped_sweep_report, sweep_jobs
@@ -63,13 +64,19 @@ DIVERGED_EXIT = 3
 register_resolvers()
 
 
-def model_kwargs(cfg: DictConfig, vocab_size: int | None) -> dict[str, Any]:
-    """GPT(**kwargs); vocab_size None leaves it out (a check before the tokenizer exists)."""
+def model_settings(cfg: DictConfig, vocab_size: int | None) -> tuple[dict[str, Any], ParamMatch | None]:
+    """GPT(**kwargs) and the parameter match: `model.match_params` becomes the `mlp_hidden` it resolves to, so a
+    checkpoint holds the width itself. vocab_size None leaves it out (a check before the tokenizer exists)."""
     kwargs = OmegaConf.to_container(cfg.model, resolve=True)
     kwargs["attention"] = OmegaConf.to_container(cfg.attention, resolve=True)
     if vocab_size is not None:
         kwargs["vocab_size"] = vocab_size
-    return kwargs
+    return resolve_match(kwargs)
+
+
+def model_kwargs(cfg: DictConfig, vocab_size: int | None) -> dict[str, Any]:
+    """GPT(**kwargs) (see model_settings)."""
+    return model_settings(cfg, vocab_size)[0]
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -164,6 +171,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
 def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
     config.validate(cfg, multirun)
+    model_settings(cfg, None)  # model.match_params: a match no MLP width can reach fails before the corpus is read
     checkpoint = None
     output_dir = Path(cfg.paths.output_dir)
     requeued = requeue_checkpoint(output_dir)  # in a requeue the folder's newest checkpoint wins over ckpt_path
@@ -193,7 +201,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")  # raises before the model exists if the corpus is shorter than the context
-    model = model_kwargs(cfg, datamodule.vocab_size)
+    model, match = model_settings(cfg, datamodule.vocab_size)
     if checkpoint is not None:
         check_same_model(checkpoint, model, cfg.ckpt_path)
         check_same_tokenizer(checkpoint, datamodule.tokenizer.state(), cfg.ckpt_path)
@@ -203,7 +211,11 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         tokenizer=datamodule.tokenizer.state(),
         compile=cfg.compile,
         warmup_steps=warmup,
+        init_seed=cfg.seed,  # common random numbers: every variant starts its shared weights from the same numbers
     )
+    # the model was built on a fork of the global stream; re-seeding makes it certain that dropout starts from
+    # the same state whatever attention (or anything else) was built
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     callbacks = _instantiate_group(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -216,6 +228,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         *_take_over_save_last(callbacks),
         HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
         ValidateAtLastStep(),
+        *([ParamMatchReport(match)] if match is not None else []),  # metrics.json's param_match
         *_length_eval(cfg, flag),  # at on_train_end, so its results are there when the summary collects at on_fit_end
         summary,
     ]
