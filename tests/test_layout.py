@@ -27,6 +27,7 @@ RANK = {
     "sampling": 3,
     "checkpoint": 3,
     "config": 3,
+    "flops": 3,
     "training": 4,
     "analysis": 4,
     "bench": 5,

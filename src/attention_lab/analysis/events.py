@@ -1,4 +1,5 @@
-"""Reading a run's TensorBoard event file: the `val/loss` curve, in tokens seen, and the last attention map.
+"""Reading a run's TensorBoard event file: the `val/loss` curve (in tokens seen, or in wall time) and the last
+attention map.
 
 The curve is what a comparison plots, and for a run killed before it wrote metrics.json it is also the only
 source of numbers. Steps become tokens seen, so runs with different batch sizes or context lengths share an
@@ -19,20 +20,23 @@ VAL_LOSS_TAG = "val/loss"
 IMAGE_TAG = "attention/layer_{layer}"
 
 
-def read_events(run_dir: Path, layer: int) -> tuple[list[tuple[int, float]], tuple[int, np.ndarray] | None, str]:
-    """(val/loss as (logged step, value), last attention map of `layer`, problem or "").
-
-    All scalars are kept (size 0); of the images only the newest per tag (size 1: TensorBoard's reservoir
-    always keeps the last item), so a long run's hundreds of maps are not all decoded into memory.
-    """
-    if not any(run_dir.glob(EVENT_GLOB)):
-        return [], None, "no TensorBoard event file"
+def _accumulator(run_dir: Path) -> Any:
+    """The run's events, loaded. All scalars are kept (size 0); of the images only the newest per tag (size 1:
+    TensorBoard's reservoir always keeps the last item), so a long run's hundreds of maps are not all held."""
     from tensorboard.backend.event_processing import event_accumulator as ea
 
     guidance = {ea.SCALARS: 0, ea.IMAGES: 1, ea.TENSORS: 1, ea.HISTOGRAMS: 1, ea.AUDIO: 1, ea.COMPRESSED_HISTOGRAMS: 1}
+    acc = ea.EventAccumulator(str(run_dir), size_guidance=guidance)
+    acc.Reload()
+    return acc
+
+
+def read_events(run_dir: Path, layer: int) -> tuple[list[tuple[int, float]], tuple[int, np.ndarray] | None, str]:
+    """(val/loss as (logged step, value), last attention map of `layer`, problem or "")."""
+    if not any(run_dir.glob(EVENT_GLOB)):
+        return [], None, "no TensorBoard event file"
     try:
-        acc = ea.EventAccumulator(str(run_dir), size_guidance=guidance)
-        acc.Reload()
+        acc = _accumulator(run_dir)
         tags = acc.Tags()
         by_step: dict[int, float] = {}
         if VAL_LOSS_TAG in tags.get("scalars", []):
@@ -51,6 +55,27 @@ def read_events(run_dir: Path, layer: int) -> tuple[list[tuple[int, float]], tup
     if image is None:
         problems.append(f"no {tag} image")
     return sorted(by_step.items()), image, "; ".join(problems)
+
+
+def read_val_loss_times(run_dir: Path) -> list[tuple[int, float, float]]:
+    """(logged step, seconds since the run's first logged scalar, val loss) of each `val/loss` point, from the
+    events' wall times; [] when the file is missing or unreadable (read_events already notes why).
+
+    The clock starts at the earliest scalar of any tag (the hparams metric, the first train/loss), not at the
+    first validation, so the time spent training before it counts. Wall time includes validation and startup:
+    it is what a user waits, not the Throughput callback's training-only seconds."""
+    if not any(run_dir.glob(EVENT_GLOB)):
+        return []
+    try:
+        acc = _accumulator(run_dir)
+        tags = acc.Tags().get("scalars", [])
+        if VAL_LOSS_TAG not in tags:
+            return []
+        start = min(min(event.wall_time for event in acc.Scalars(tag)) for tag in tags if acc.Scalars(tag))
+        by_step = {event.step: (event.wall_time - start, event.value) for event in acc.Scalars(VAL_LOSS_TAG)}
+    except Exception:  # a truncated or foreign file must not stop the report
+        return []
+    return [(step, seconds, value) for step, (seconds, value) in sorted(by_step.items())]  # resumed: later wins
 
 
 def _positive_int(value: Any, default: int = 1) -> int:

@@ -18,8 +18,10 @@ from .functional import (
     divisors,
     extend_cache,
     float_mask,
+    matmul_flops,
     merge_heads,
     sdpa_attention,
+    softmax_attention_flops,
     split_heads,
 )
 from .positions import NoPositions, build_positions, take_positions
@@ -140,3 +142,17 @@ class HeadedAttention(nn.Module):
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         """Bytes one token adds to this layer's KV cache: K and V for each KV head."""
         return 2 * self.num_kv_heads * self.head_dim * bytes_per_element
+
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """Matmul FLOPs of one training forward over t tokens (no cache): `projections` (Q, K, V, out) and
+        `mixing` (what mixes tokens: scores and context here).
+
+        Q and out_proj are d x d, K and V d x (H_kv * hd) (gqa/mqa: narrower; fused's one d x 3d GEMM is the same
+        sum). Mixing is the full (T, T) score and context products of every query head: K/V heads are shared, not
+        the products, and a sliding window or the causal mask is applied to a matrix computed whole."""
+        d, kv_width = self.d_model, self.num_kv_heads * self.head_dim
+        projections = matmul_flops(t, d, 2 * d + 2 * kv_width)
+        return {"projections": projections, "mixing": self._mixing_flops(t)}
+
+    def _mixing_flops(self, t: int) -> int:
+        return softmax_attention_flops(t, t, self.num_heads, self.head_dim, self.head_dim)

@@ -21,7 +21,9 @@ from .functional import (
     causal_allowed,
     check_divisible,
     extend_cache,
+    matmul_flops,
     merge_heads,
+    softmax_attention_flops,
     split_heads,
 )
 from .positions import ALiBi, NoPositions, alibi_slopes, build_positions, take_positions
@@ -75,6 +77,14 @@ class _ChapterAttention(nn.Module):
     def _attend(self, x: Tensor, cache: dict | None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """Matmul FLOPs of one forward over t tokens (see HeadedAttention.forward_flops): three d_in x d_out
+        projections, no output projection, and one head's full (T, T) scores and context, d_out wide."""
+        w = self.W_key
+        d_in, d_out = (w.shape[0], w.shape[1]) if isinstance(w, nn.Parameter) else (w.in_features, w.out_features)
+        mixing = softmax_attention_flops(t, t, 1, d_out, d_out)
+        return {"projections": matmul_flops(t, d_in, 3 * d_out), "mixing": mixing}
+
 
 def simplified_self_attention(x: Tensor) -> Tensor:
     """Context vectors with no trainable weights: softmax(x x^T) x, unscaled, as the chapter defines it."""
@@ -108,6 +118,11 @@ class SimplifiedSelfAttention(_ChapterAttention):
         if self.d_in is None:
             raise ValueError("build SimplifiedSelfAttention(d_in=...) to report its KV-cache size.")
         return self.d_in * bytes_per_element  # the inputs are cached once: they serve as keys and values
+
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """No projections; x x^T and weights @ x over the d_in-wide inputs, one head."""
+        _, width = self._head_shape()
+        return {"projections": 0, "mixing": softmax_attention_flops(t, t, 1, width, width)}
 
 
 class SelfAttentionV1(_ChapterAttention):
@@ -206,6 +221,11 @@ class MultiHeadAttentionWrapper(_ChapterAttention):
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return sum(h.kv_cache_bytes_per_token(bytes_per_element) for h in self.heads)
 
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """The heads' sum: each projects the full input on its own (no output projection)."""
+        counts = [head.forward_flops(t) for head in self.heads]
+        return {key: sum(c[key] for c in counts) for key in counts[0]}
+
 
 class MultiHeadAttention(_ChapterAttention):
     """One module for all heads: project once, split by view/transpose, attend, merge, project out."""
@@ -242,3 +262,10 @@ class MultiHeadAttention(_ChapterAttention):
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return 2 * self.d_out * bytes_per_element
+
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """Q, K, V d_in x d_out and out_proj d_out x d_out; every head's full (T, T) scores and context."""
+        d_in = self.W_query.in_features
+        projections = matmul_flops(t, d_in, 3 * self.d_out) + matmul_flops(t, self.d_out, self.d_out)
+        mixing = softmax_attention_flops(t, t, self.num_heads, self.head_dim, self.head_dim)
+        return {"projections": projections, "mixing": mixing}

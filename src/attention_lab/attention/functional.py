@@ -119,3 +119,19 @@ def extend_cache(cache: dict[str, Tensor] | None, dim: int, **new: Tensor) -> li
         cache[name] = value
         full.append(value)
     return full
+
+
+def matmul_flops(m: int, k: int, n: int) -> int:
+    """FLOPs of one (m, k) @ (k, n) product: m * n dot products of length k, a multiply and an add each.
+
+    The convention of `torch.utils.flop_counter` (and of the "6N" rule): only matrix products count; softmax,
+    masks, norms, rope and biases are elementwise and small beside them."""
+    return 2 * m * k * n
+
+
+def softmax_attention_flops(t_q: int, t_k: int, heads: int, qk_dim: int, v_dim: int) -> int:
+    """Scores q k^T (Tq, qk_dim) @ (qk_dim, Tk) and context weights @ v (Tq, Tk) @ (Tk, v_dim), per head.
+
+    The whole (Tq, Tk) matrix is computed, masked entries included: the explicit formula masks after the
+    product, SDPA's math path does the same, and torch's flop counter counts its fused kernels this way too."""
+    return heads * (matmul_flops(t_q, qk_dim, t_k) + matmul_flops(t_q, t_k, v_dim))

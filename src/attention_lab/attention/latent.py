@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import HeadedAttention
-from .functional import AttentionConfigError, extend_cache, split_heads
+from .functional import AttentionConfigError, extend_cache, matmul_flops, softmax_attention_flops, split_heads
 from .positions import Rotary, take_positions
 
 
@@ -64,3 +64,13 @@ class LatentAttention(HeadedAttention):
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return (self.latent_dim + self.rope_dim) * bytes_per_element
+
+    def forward_flops(self, t: int) -> dict[str, int]:
+        """Q and out_proj are d x d; the latent costs d x latent_dim down and 2 x latent_dim x d up (K and V are
+        re-expanded for every key: in training, once per token). Decoupled rope adds d x (H * rope_dim) for the
+        rotary queries and d x rope_dim for the one shared rotary key, and widens each head's scores to
+        head_dim + rope_dim; the context stays head_dim wide."""
+        d, latent, rope = self.d_model, self.latent_dim, self.rope_dim
+        projections = matmul_flops(t, d, 2 * d + latent + (self.num_heads + 1) * rope) + matmul_flops(t, latent, 2 * d)
+        mixing = softmax_attention_flops(t, t, self.num_heads, self.head_dim + rope, self.head_dim)
+        return {"projections": projections, "mixing": mixing}

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .base import HeadedAttention
-from .functional import AttentionConfigError, merge_heads
-from .positions import take_positions
+from .functional import AttentionConfigError, matmul_flops, merge_heads
+from .positions import Rotary, take_positions
 
 EPS = 1e-6
 CHUNK = 64
@@ -96,6 +96,17 @@ class LinearAttention(HeadedAttention):
         norms = scores if q_rot is q else (q @ k.transpose(-2, -1)).masked_fill(~allowed, 0.0)
         weights = scores / (norms.sum(dim=-1, keepdim=True) + EPS)
         return self.dropout(weights @ v), weights
+
+    def _mixing_flops(self, t: int) -> int:
+        """The products `_chunked` computes, per head, over t tokens padded to n chunks of c: per chunk its state
+        k^T v and the carried state q S (c x hd x hd each), the causal (c, c) products q k^T and within @ v (and a
+        second q k^T for the denominator when rope rotated the numerator's), and q z (c x hd x 1). Linear in t up
+        to the padding of the last chunk; no (T, T) product."""
+        c, hd = min(CHUNK, t), self.head_dim
+        padded = -(-t // c) * c  # n * c
+        within = (3 if isinstance(self.position, Rotary) else 2) * matmul_flops(padded, hd, c)
+        per_head = 2 * matmul_flops(padded, hd, hd) + within + matmul_flops(padded, hd, 1)
+        return self.num_heads * per_head
 
     def kv_cache_bytes_per_token(self, bytes_per_element: int = 4) -> int:
         return 0  # constant-size state: num_heads * hd * (hd + 1) elements, whatever the length
