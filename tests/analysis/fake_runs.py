@@ -25,7 +25,13 @@ from attention_lab.analysis.tables import RUN_COLUMNS_AFTER, RUN_COLUMNS_BEFORE
 BATCH, CONTEXT = 4, 16
 TOKENS_PER_STEP = BATCH * CONTEXT
 FAILED_ERROR = "ConfigError: attention.num_kv_heads=3 must divide attention.num_heads=4"
-PLOTS = ("val_loss_vs_tokens.png", "final_val_loss.png", "throughput.png", "attention_maps.png")
+PLOTS = (
+    "val_loss_vs_tokens.png",
+    "final_val_loss.png",
+    "throughput.png",
+    "attention_maps.png",
+    "val_loss_vs_wall_time.png",
+)
 
 
 EVAL_TOKENS = 40960

@@ -28,8 +28,26 @@ in report.csv and report_grouped.csv (with `val_loss@<length>_std` there), val_l
 axis, dashed line at the training context) and loss_by_position.png; with many lines both get one panel per
 attention variant. Older runs without these fields are reported as before.
 
-Exit status 2, with one `error:` line on stderr, when a path is not a folder, no run is found, --out is a file
-or --layer is negative.
+--baseline pairs every seed group with a baseline, seed by seed, and says whether it is better, worse or not
+distinguishable (report.md "Paired against ...", report_paired.csv):
+
+    python scripts/compare.py outputs/sweeps/<sweep> --baseline multihead              # a variant
+    python scripts/compare.py outputs/sweeps/<sweep> --baseline outputs/sweeps/<sweep>/0  # a run's seed group
+    python scripts/compare.py outputs/sweeps/<sweep> --baseline model.position=learned  # a setting's value
+
+A variant name pairs each group with that variant's group of the same other settings (attention.* aside: in a
+variants x model.d_model sweep, gqa at d_model=64 against multihead at d_model=64); a run folder (or a seed
+group's label as report.md writes it) makes that run's seed group the one baseline of all; KEY=VALUE (a setting
+that differs between the runs) pairs each group with the group at that value and every other setting equal
+(multihead+rope against multihead+learned). Per seed both
+finished, difference = group - baseline; over the n seeds: mean difference, 95% confidence interval
+(t distribution, n-1 degrees of freedom) and a verdict: better or worse when the interval excludes 0 (lower is
+better for losses, higher for val_acc), not distinguishable when it holds 0, n/a below 2 common seeds.
+Compared: val_loss, val_acc when runs have it, and the tail loss at the longest evaluation length. Train every
+variant with the same 3 or more seeds for the pairing to mean something.
+
+Exit status 2, with one `error:` line on stderr, when a path is not a folder, no run is found, --out is a file,
+--layer is negative or --baseline matches no variant, group or run folder compared.
 """
 
 from __future__ import annotations
@@ -55,6 +73,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="output folder (default: the run/sweep folder given; with several, the folder that holds them all)",
     )
     p.add_argument("--layer", type=int, default=0, help="layer of the attention maps to show side by side")
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="VARIANT|RUN|KEY=VALUE",
+        help="pair every seed group with this attention variant's group of the same other settings, or with the "
+        "seed group of this run folder (or group label), or with the group at KEY=VALUE and the same other settings: "
+        "mean difference, 95%% CI and verdict per group",
+    )
     return p.parse_args(argv)
 
 
@@ -77,7 +103,7 @@ def compare(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.layer < 0:
         raise CompareError(f"--layer {args.layer}: layers count from 0; give --layer 0 or more.")
-    print_summary(compare_runs(args.paths, args.out, args.layer))
+    print_summary(compare_runs(args.paths, args.out, args.layer, args.baseline))
     return 0
 
 
