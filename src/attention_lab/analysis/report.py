@@ -12,9 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .compute_plots import write_compute_plots
 from .grouping import differing_knobs, group_by_seed, run_labels, sort_runs
 from .length_plots import write_length_plots
+from .mechanism import append_mechanisms
+from .paired import resolve_baseline, write_paired
 from .plots import write_plots
+from .recall import write_recall_plots
 from .runs import OK, STATUS_ORDER, UNSUPPORTED, CompareError, Run, discover_runs, load_run, name_runs
 from .tables import write_tables
 
@@ -107,8 +111,12 @@ def _load(paths: Sequence[PathLike], layer: int) -> list[Run]:
     return runs
 
 
-def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int = 0) -> Report:
-    """Report on the runs in `paths` into `out` (default: see `default_out`); CompareError for bad paths."""
+def compare_runs(
+    paths: Sequence[PathLike], out: Path | None = None, layer: int = 0, baseline: str | None = None
+) -> Report:
+    """Report on the runs in `paths` into `out` (default: see `default_out`); CompareError for bad paths.
+
+    baseline: a variant, seed group label or run folder to pair every group with, seed by seed (see `paired`)."""
     runs, unsupported = split_unsupported(_load(paths, layer))
     if not runs:
         raise CompareError(
@@ -121,13 +129,18 @@ def compare_runs(paths: Sequence[PathLike], out: Path | None = None, layer: int 
     knobs = differing_knobs(runs)
     runs = sort_runs(runs)
     groups = group_by_seed(runs, knobs)
+    pairing = resolve_baseline(baseline, groups, knobs) if baseline is not None else None  # before any writing
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(runs, run_labels(runs, knobs), groups, layer, out) | write_length_plots(runs, groups, out)
+    plots |= write_recall_plots(groups, out)  # only when runs measured recall (val_acc)
+    plots |= write_compute_plots(groups, out)  # val loss by training FLOPs and by wall time
     tables = write_tables(runs, knobs, groups, out, plots, [Path(p) for p in paths])
     not_run = jobs_never_run(paths)
     if not_run:
         _append_not_run(tables["report.md"], not_run)
     if unsupported:
         _append_unsupported(tables["report.md"], unsupported)
-    written = [*tables.values(), *(p for p in plots.values() if p is not None)]
+    append_mechanisms(tables["report.md"], groups)  # "Mechanisms": only when some run has telemetry
+    paired = write_paired(pairing, runs, tables["report.md"], out) if pairing is not None else {}
+    written = [*tables.values(), *paired.values(), *(p for p in plots.values() if p is not None)]
     return Report(runs, knobs, written, not_run, unsupported)

@@ -23,10 +23,11 @@ from .lengths import (
     run_cells,
     tokens_note,
 )
+from .mechanism import induction_cell
 from .runs import FAILED, INCOMPLETE, OK, STATUS_ORDER, VARIANT_KEY, Group, Run
 
 # Numbers summarised per seed group: mean ± std over the group's finished runs.
-GROUP_STATS = ("val_loss", "best_val_loss", "val_ppl", "tokens_per_sec")
+GROUP_STATS = ("val_loss", "best_val_loss", "val_ppl", "tokens_per_sec", "val_acc")
 
 # Copied from metrics.json as they are (params_total/params_attention come from its nested "params").
 METRIC_COLUMNS = (
@@ -39,6 +40,11 @@ METRIC_COLUMNS = (
     "wall_time_sec",
     "global_step",
     "tokens_seen",
+    "val_acc",  # recall probes (data=mqar, data=induction) only
+    "flops_per_token",  # training FLOPs (flops.py) per token and in total, and MFU: from Throughput
+    "train_flops",
+    "mfu",
+    "induction_step",  # from metrics.json's "mechanism": a step, "never", or empty (see analysis/mechanism.py)
 )
 RUN_COLUMNS_BEFORE = ("run", "variant")
 RUN_COLUMNS_AFTER = ("params_total", "params_attention", *METRIC_COLUMNS, "status", "note")
@@ -55,6 +61,11 @@ NUMBER_SPECS = {
     "wall_time_sec": ",.1f",
     "global_step": ",",
     "tokens_seen": ",.0f",
+    "val_acc": ".3f",
+    "flops_per_token": ",.0f",
+    "train_flops": ".3g",
+    "mfu": ".1%",
+    "induction_step": ",",
 }
 MD_HEADERS = {
     "params_total": "params",
@@ -68,6 +79,11 @@ MD_HEADERS = {
     "wall_time_sec": "wall s",
     "global_step": "steps",
     "tokens_seen": "tokens",
+    "val_acc": "val acc",
+    "flops_per_token": "FLOPs/token",
+    "train_flops": "train FLOPs",
+    "mfu": "MFU",
+    "induction_step": "induction ≥ 0.5 at step",
 }
 
 
@@ -83,6 +99,7 @@ def run_row(run: Run, knobs: Sequence[str]) -> dict[str, Any]:
     row.update({k: format_value(knob_value(run, k)) for k in knobs})
     row.update({"params_total": _params(run).get("total"), "params_attention": _params(run).get("attention")})
     row.update({key: run.metrics.get(key) for key in METRIC_COLUMNS})
+    row["induction_step"] = induction_cell(run)
     row.update({"status": run.status, "note": "; ".join(run.notes)})
     return row
 
@@ -174,12 +191,14 @@ def _md_groups(groups: Sequence[Group]) -> list[str]:
     if not any(len(g.runs) > 1 for g in groups):
         return []
     lines = ["", "## Seed groups", "", "Runs whose configs differ only by the seed: mean ± sample std.", ""]
-    header = ["group", "n", "seeds", "val loss", "best val loss", "val ppl", "tokens/s"]
-    specs = (".4f", ".4f", ".2f", ",.0f")
+    columns = {"val_loss": ".4f", "best_val_loss": ".4f", "val_ppl": ".2f", "tokens_per_sec": ",.0f"}
+    if any(group.stat("val_acc")[0] is not None for group in groups):  # probe runs: accuracy on the answers
+        columns["val_acc"] = ".3f"
+    header = ["group", "n", "seeds", *(MD_HEADERS[key] for key in columns)]
     body = []
     for group in groups:
         row = group_row(group)
-        stats = [_fmt_stat(*group.stat(k)[:2], spec) for k, spec in zip(GROUP_STATS, specs, strict=True)]
+        stats = [_fmt_stat(*group.stat(key)[:2], spec) for key, spec in columns.items()]
         failed = f" ({row['n_not_finished']} not finished)" if row["n_not_finished"] else ""
         body.append([group.label, f"{row['n']}{failed}", row["seeds"] or "—", *stats])
     return lines + _md_table(header, body)

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..attention import build_attention, get_variant, resolve_knobs
 from ..attention.registry import KNOB_DOCS
 from ..errors import UserError
-from .schema import SECTIONS, EvalSchema, OptimSchema, Rule, RunSchema
+from .schema import SECTIONS, EvalSchema, OptimSchema, Rule, RunSchema, data_schema
 
 __all__ = ["SECTIONS", "ConfigError", "flatten", "validate"]
 
@@ -121,7 +121,27 @@ def attention_yaml(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ the rest
+def _check_probe(cfg: DictConfig, probe: type) -> None:
+    """A recall probe: its joint rules (the data module checks them on construction, which generates nothing),
+    and no eval.lengths (it cuts the text val split into longer windows; a probe's sequences have one length)."""
+    lengths = list((cfg.get("eval") or {}).get("lengths") or [])
+    if lengths:
+        raise ConfigError(
+            f"eval.lengths={lengths} is not applicable to a recall probe (data._target_={cfg.data._target_}): it "
+            "evaluates text windows longer than the context, and a probe's sequences are generated at "
+            "model.context_length: remove it (eval.lengths=[])."
+        )
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if k != "_target_"}
+    probe(**settings)  # raises DataConfigError (a UserError) naming the setting and the fix
+
+
 def _check_data(cfg: DictConfig) -> None:
+    from ..data.probes import PROBES
+
+    probe = PROBES.get(str(cfg.data.get("_target_")))
+    if probe is not None:
+        _check_probe(cfg, probe)
+        return
     if OmegaConf.is_missing(cfg.data, "path"):
         raise ConfigError("data=text needs a corpus: add data.path=<file, folder or glob> (or use data=default).")
     path = cfg.data.get("path")
@@ -162,19 +182,22 @@ def _parameters(cls: type) -> set[str]:
     return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
 
 
-def known_keys() -> dict[str, set[str]]:
+def known_keys(data_target: str | None = None) -> dict[str, set[str]]:
     """The keys each section may hold: what its consumer accepts (a `+section.key=...` typo would otherwise
-    crash deep inside the GPT, the datamodule or Lightning, or be silently ignored)."""
+    crash deep inside the GPT, the datamodule or Lightning, or be silently ignored). The data section's are
+    those of its `_target_` (a recall probe's, else TextDataModule's)."""
     import lightning as L
 
     from ..data import TextDataModule
+    from ..data.probes import PROBES
     from ..model import GPT
 
     return {
-        "model": _parameters(GPT) - {"vocab_size", "attention"},
+        # init_seed is the run's `seed`; match_params is resolved into mlp_hidden before the GPT is built
+        "model": (_parameters(GPT) - {"vocab_size", "attention", "init_seed"}) | {"match_params"},
         "optim": {f.name for f in fields(OptimSchema)},
         "eval": {f.name for f in fields(EvalSchema)},
-        "data": _parameters(TextDataModule) | {"_target_"},
+        "data": _parameters(PROBES.get(str(data_target), TextDataModule)) | {"_target_"},
         "trainer": _parameters(L.Trainer) | {"_target_"},
         "": set(TOP_LEVEL),
     }
@@ -198,7 +221,7 @@ TOP_LEVEL = (
 
 
 def _check_keys(cfg: DictConfig) -> None:
-    for section, allowed in known_keys().items():
+    for section, allowed in known_keys((cfg.get("data") or {}).get("_target_")).items():
         present = cfg.keys() if not section else (cfg[section] or {}).keys()
         for key in present:
             if key in allowed:
@@ -215,7 +238,8 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Every cheap check, before any tokenizing, model building or trainer start. Raises a UserError."""
     _check_keys(cfg)
     containers = {name: OmegaConf.to_container(cfg.get(name) or {}, resolve=True) for name in SECTIONS}
-    for name, schema in SECTIONS.items():
+    schemas = {**SECTIONS, "data": data_schema(containers["data"].get("_target_"))}
+    for name, schema in schemas.items():
         check_section(f"{name}.", schema, containers[name])
     check_section("", RunSchema, {key: cfg.get(key) for key in ("seed", "compile", "ckpt_path")})
     _check_attention(cfg)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..attention import available
 from ..attention.positions import POSITIONS
 from ..data import TOKENIZERS
 from ..model import INITS
@@ -76,6 +77,14 @@ class ModelSchema:
     rope_base: float = setting(float, lambda v: 1 < v < math.inf, "a number > 1 (RoPE's wavelength base)", "10000.0")
     mlp_ratio: int = positive_int("4")
     init: str = setting(str, lambda v: v in INITS, f"one of {', '.join(INITS)}", "gpt2")
+    mlp_hidden: int = positive_int("512", optional=True)  # null: mlp_ratio x d_model
+    match_params: str = setting(  # resolved by the task into mlp_hidden (training/param_match.py)
+        str,
+        lambda v: v in available(),
+        f"null or an attention variant to match in non-embedding parameters, one of {', '.join(available())}",
+        "multihead",
+        optional=True,
+    )
 
 
 @dataclass
@@ -101,6 +110,35 @@ class DataSchema:
     val_fraction: float = setting(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1", "0.1")
     num_workers: int = non_negative_int("0")
     cache_dir: str = setting(str, expect="a folder", example=".cache/attention-lab", optional=True)
+
+
+@dataclass
+class ProbeSchema:
+    """The settings both recall probes share (data=mqar, data=induction); the rules that join them (pairs
+    that fit the sequence, a vocabulary big enough for unique keys) live with the probes (data/probe_tasks.py)."""
+
+    vocab_size: int = setting(int, lambda v: v >= 2, "an integer >= 2", "128")
+    num_train: int = positive_int("20000")
+    num_val: int = positive_int("1000")
+    batch_size: int = positive_int("64")
+    num_workers: int = non_negative_int("0")
+
+
+@dataclass
+class MQARSchema(ProbeSchema):
+    num_pairs: int = positive_int("8")
+    num_queries: int = positive_int("8", optional=True)
+
+
+PROBE_SCHEMAS: dict[str, type] = {
+    "attention_lab.data.probes.MQARDataModule": MQARSchema,
+    "attention_lab.data.probes.InductionDataModule": ProbeSchema,
+}
+
+
+def data_schema(target: object) -> type:
+    """The schema of the data section: a probe's by its `_target_`, else the text data's."""
+    return PROBE_SCHEMAS.get(str(target), DataSchema)
 
 
 @dataclass

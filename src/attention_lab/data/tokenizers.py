@@ -224,6 +224,55 @@ class CharTokenizer(Tokenizer):
         return {"name": self.name, "chars": list(self.chars)}
 
 
+# --- synthetic probes -------------------------------------------------------------------------------------
+
+
+class ProbeTokenizer(Tokenizer):
+    """Ids of a synthetic probe (data=mqar, data=induction) with readable names, so attention maps, samples and
+    `attention-lab generate` show `k3 v7` instead of bytes.
+
+    Ids below `num_keys` are keys `k<i>`, the rest values `v<i>` (numbered from 0 within their half); with
+    `num_keys=0` every id is a plain token `t<i>`. Text is the names separated by spaces; `encode` also accepts
+    bare integers ("3 70"). It is not a text tokenizer (`data.tokenizer` cannot choose it): the probe's data
+    module builds it, and its `state()` lets a checkpoint rebuild it.
+    """
+
+    name = "probe"
+    eot_token = None
+
+    def __init__(self, vocab_size: int, num_keys: int = 0) -> None:
+        if vocab_size < 1 or not 0 <= num_keys <= vocab_size:
+            raise ValueError(f"ProbeTokenizer: bad sizes vocab_size={vocab_size}, num_keys={num_keys}")
+        self.vocab_size, self.num_keys = int(vocab_size), int(num_keys)
+
+    def token_name(self, i: int) -> str:
+        if not 0 <= i < self.vocab_size:
+            raise ValueError(f"token id {i} is outside the probe vocabulary [0, {self.vocab_size})")
+        if self.num_keys == 0:
+            return f"t{i}"
+        return f"k{i}" if i < self.num_keys else f"v{i - self.num_keys}"
+
+    def encode(self, text: str) -> list[int]:
+        ids = []
+        for word in text.split():
+            if word.isdigit():
+                i = int(word)
+            elif word[:1] in "tkv" and word[1:].isdigit():
+                i = int(word[1:]) + (self.num_keys if word[0] == "v" else 0)
+            else:
+                raise ValueError(f"{word!r} is not a probe token (write ids or names like k3, v7, t12)")
+            if self.token_name(i) != word and not word.isdigit():
+                raise ValueError(f"{word!r} is not a token of this probe's vocabulary")
+            ids.append(i)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.token_name(i) for i in _as_int_list(ids))
+
+    def state(self) -> dict[str, Any]:
+        return {"name": self.name, "vocab_size": self.vocab_size, "num_keys": self.num_keys}
+
+
 def _unknown_tokenizer(name: object) -> DataConfigError:
     choices = ", ".join(repr(t) for t in TOKENIZERS)
     return DataConfigError(f"unknown tokenizer {name!r}: choose one of {choices} with data.tokenizer=gpt2 (or =char)")
@@ -247,4 +296,6 @@ def tokenizer_from_state(state: dict[str, Any]) -> Tokenizer:
         if "chars" not in state:
             raise ValueError("a char tokenizer state needs its 'chars' list")
         return CharTokenizer(state["chars"])
+    if name == "probe":
+        return ProbeTokenizer(int(state["vocab_size"]), int(state.get("num_keys", 0)))
     raise _unknown_tokenizer(name)

@@ -13,7 +13,9 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..devices import synchronize
+from ..devices import device_name, device_peak_flops, synchronize
+from ..flops import training_flops_per_token
+from ..model import GPT
 from ..sampling import generate
 from ..viz import attention_entropy, attention_grid
 from .memory import peak_mb
@@ -48,8 +50,16 @@ def finite_weights(module: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
+def probe_example(datamodule: object) -> Any:
+    """A recall probe's `example(max_tokens)` (data=mqar, data=induction), or None for text data."""
+    example = getattr(datamodule, "example", None)
+    return example if callable(example) else None
+
+
 class AttentionMaps(L.Callback):
-    """At each validation: one image per layer (heads as panels) of a fixed probe text, and per-head entropy."""
+    """At each validation: one image per layer (heads as panels) of a fixed probe text, and per-head entropy.
+
+    With a recall probe as data (no text to encode) the maps show one fixed example sequence of the probe."""
 
     def __init__(self, probe_text: str, max_tokens: int = 32):
         self.probe_text, self.max_tokens = probe_text, max_tokens
@@ -60,7 +70,8 @@ class AttentionMaps(L.Callback):
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model  # the uncompiled module: the explicit weight path is for the probe only
         limit = min(self.max_tokens, model.context_length)
-        ids = encode_known(tokenizer, self.probe_text)[:limit]
+        example = probe_example(trainer.datamodule)
+        ids = example(limit) if example is not None else encode_known(tokenizer, self.probe_text)[:limit]
         if not ids:
             return
         idx = torch.tensor([ids], device=pl_module.device)  # (1, T)
@@ -80,7 +91,10 @@ class AttentionMaps(L.Callback):
 
 
 class TextSample(L.Callback):
-    """At each validation: one sampled continuation of a fixed prompt, as TensorBoard text."""
+    """At each validation: one sampled continuation of a fixed prompt, as TensorBoard text.
+
+    Skipped for a recall probe: its data has no prompt text, and a free continuation of random filler shows
+    nothing that `val/acc` does not measure."""
 
     def __init__(self, prompt: str, max_new_tokens: int = 64, temperature: float = 0.8, top_k: int = 40, seed: int = 0):
         self.prompt, self.max_new_tokens = prompt, max_new_tokens
@@ -89,6 +103,8 @@ class TextSample(L.Callback):
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not finite_weights(pl_module):
+            return
+        if probe_example(trainer.datamodule) is not None:
             return
         tokenizer = trainer.datamodule.tokenizer
         model = pl_module.model
@@ -114,9 +130,11 @@ class TextSample(L.Callback):
 
 
 class Throughput(L.Callback):
-    """tokens/s, step time and peak memory every `log_every_n_steps` batches, validation time excluded.
+    """tokens/s, step time and peak memory every `log_every_n_steps` batches, validation time excluded; with
+    them the achieved FLOP/s (tokens/s x training FLOPs per token, see flops.py) and, where the device's peak
+    is known (devices.PEAK_TFLOPS), the model FLOPs utilisation (MFU).
 
-    Totals (`tokens`, `seconds`) are kept for metrics.json.
+    Totals (`tokens`, `seconds`) are kept for metrics.json; `summary_fields` adds the FLOPs fields to it.
     """
 
     def __init__(self, log_every_n_steps: int = 50):
@@ -126,6 +144,42 @@ class Throughput(L.Callback):
         self._interval_tokens = 0
         self._interval_batches = 0
         self._start: float | None = None
+        self._batch_tokens = 0  # tokens of one batch on all ranks (host metadata: numel needs no sync)
+        self.flops_per_token: float | None = None  # training (forward + backward) at model.context_length
+        self.peak_flops: float | None = None  # all devices together, FLOP/s; None: CPU or unknown device
+        self._device = ""
+
+    def _count_flops(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Once per fit (analytic, no forward pass): FLOPs per token and the devices' peak for this precision."""
+        model = getattr(pl_module, "model", None)
+        if isinstance(model, GPT):
+            self.flops_per_token = training_flops_per_token(model, model.context_length)
+        device = trainer.strategy.root_device
+        self._device = device_name(device) + (f" at {trainer.precision}" if device.type == "cuda" else "")
+        peak = device_peak_flops(device, str(trainer.precision))
+        self.peak_flops = None if peak is None else peak * trainer.world_size
+
+    def summary_fields(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        """metrics.json: training FLOPs per token and in total (steps done x tokens per step, resumed steps
+        included like tokens_seen; validation not counted), achieved FLOP/s and MFU (null, with a note, when
+        the peak is unknown)."""
+        if not self._device:  # stopped before training started: count now (the module may be on the CPU again)
+            self._count_flops(trainer, pl_module)
+        per_token = self.flops_per_token
+        per_step = self._batch_tokens * trainer.accumulate_grad_batches
+        # no batch seen here (a resumed run that had already finished): tokens per step unknown, unless no step
+        tokens = trainer.global_step * per_step if per_step or not trainer.global_step else None
+        rate = None if per_token is None or not self.tokens_per_sec else self.tokens_per_sec * per_token
+        fields: dict[str, Any] = {
+            "flops_per_token": per_token,
+            "train_flops": None if per_token is None or tokens is None else tokens * per_token,
+            "flops_per_sec": rate,
+            "peak_flops": self.peak_flops,
+            "mfu": None if rate is None or self.peak_flops is None else rate / self.peak_flops,
+        }
+        if self.peak_flops is None:
+            fields["mfu_note"] = f"unknown peak for {self._device}"
+        return fields
 
     def _close_interval(self, pl_module: L.LightningModule) -> tuple[float, int, int]:
         synchronize(pl_module.device)
@@ -139,16 +193,23 @@ class Throughput(L.Callback):
         return elapsed, tokens, batches
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._count_flops(trainer, pl_module)
         synchronize(pl_module.device)
         self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._interval_tokens += batch[0].numel() * trainer.world_size
+        self._batch_tokens = batch[0].numel() * trainer.world_size
+        self._interval_tokens += self._batch_tokens
         self._interval_batches += 1
         if self._interval_batches >= self.every:
             elapsed, tokens, batches = self._close_interval(pl_module)
             if elapsed > 0:
                 pl_module.log("throughput/tokens_per_sec", tokens / elapsed, rank_zero_only=True)
+                if self.flops_per_token is not None:
+                    flops_per_sec = tokens / elapsed * self.flops_per_token
+                    pl_module.log("throughput/flops_per_sec", flops_per_sec, rank_zero_only=True)
+                    if self.peak_flops is not None:
+                        pl_module.log("throughput/mfu", flops_per_sec / self.peak_flops, rank_zero_only=True)
                 pl_module.log("time/step_ms", 1000 * elapsed / batches, rank_zero_only=True)
                 pl_module.log("memory/peak_mb", peak_mb(pl_module.device), rank_zero_only=True)
 

@@ -1,4 +1,7 @@
-"""LightningModule around the GPT: loss, AdamW with warmup + cosine, validation loss/perplexity.
+"""LightningModule around the GPT: loss, AdamW with warmup + cosine, validation loss/perplexity (and accuracy).
+
+Labels of -100 are not answers (a recall probe labels only its answers): the loss ignores them, `val/loss` is the
+mean over answer tokens (for text, every token), and `val/acc` is logged when the data module reports accuracy.
 
 The module takes plain dicts (not a built model) and saves them as hyper-parameters, so a checkpoint
 describes itself: `attention-lab generate` rebuilds the exact model from it without Hydra or pickled objects.
@@ -14,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..model import GPT
+from .accuracy import IGNORE_INDEX, AnswerAccuracy, answer_counts, batch_mean, wants_accuracy
 from .optim import adamw_param_groups, effective_warmup, lr_lambda
 
 
@@ -27,12 +31,16 @@ class GPTLitModule(L.LightningModule):
         tokenizer: dict[str, Any] | None = None,
         compile: bool = False,
         warmup_steps: int | None = None,
+        init_seed: int | None = None,
     ):
         """model: GPT kwargs (incl. `attention` and `vocab_size`); optim: lr, weight_decay, betas, warmup_steps,
-        min_lr_ratio; tokenizer: the tokenizer's state, kept so a checkpoint can decode its own samples."""
+        min_lr_ratio; tokenizer: the tokenizer's state, kept so a checkpoint can decode its own samples;
+        init_seed: GPT's (every parameter seeded by its name, so variants share their common weights). Kept out
+        of `model` on purpose: it says how the weights started, not what the model is, so a resume compares
+        the same settings and a checkpoint rebuilds its model without it."""
         super().__init__()
         self.save_hyperparameters()
-        self.model = GPT(**model)
+        self.model = GPT(**model, init_seed=init_seed)
         self.compile_model = compile
         # what forward() calls: the model, or its compiled wrapper (configure_model). Set with object.__setattr__
         # so it is not registered as a submodule: the checkpoint holds the weights once, under `model.`.
@@ -48,7 +56,7 @@ class GPTLitModule(L.LightningModule):
     def _loss(self, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch  # (B, T), (B, T)
         logits = self(x)  # (B, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch)
@@ -60,22 +68,31 @@ class GPTLitModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         # running sums on the device: no host sync per batch, and a NaN loss stays visible (no NaN filtering)
         self._val_sum = torch.zeros((), device=self.device)
-        self._val_count = torch.zeros((), device=self.device)
+        self._val_count = torch.zeros((), device=self.device)  # answer tokens (for text: every token)
+        self._val_correct = torch.zeros((), device=self.device)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        n = batch[0].shape[0]
-        loss = self._loss(batch).detach()
-        self._val_sum += loss * n
-        self._val_count += n
-        return loss  # RunGuard checks its finiteness (on the device) before any callback samples from the model
+        x, y = batch  # (B, T), (B, T)
+        loss_sum, count, correct = answer_counts(self(x).detach(), y)
+        self._val_sum += loss_sum
+        self._val_count += count
+        self._val_correct += correct
+        # RunGuard checks its finiteness (on the device) before any callback samples from the model
+        return batch_mean(loss_sum, count)
 
     def on_validation_epoch_end(self) -> None:
         total = self.trainer.strategy.reduce(self._val_sum, reduce_op="sum")  # all ranks' batches
         count = self.trainer.strategy.reduce(self._val_count, reduce_op="sum")
-        loss = total / count  # mean over the whole val split
+        loss = total / count  # mean over the whole val split's answer tokens
         self.log("val/loss", loss, prog_bar=True)
+        if wants_accuracy(self.trainer):  # a text run has no answers to be right about: no meaningless acc
+            correct = self.trainer.strategy.reduce(self._val_correct, reduce_op="sum")
+            self.log("val/acc", correct / count, prog_bar=True)
         self.log("val/ppl", torch.exp(loss))
         self.log("hp/val_loss", loss)  # the metric of TensorBoard's HParams tab
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        return [AnswerAccuracy()]  # val_acc into metrics.json (nothing for text runs)
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
