@@ -21,7 +21,7 @@ def test_the_probe_defaults_are_valid(tmp_path: Path, probe: str) -> None:
     [
         (["data=mqar", "data.num_pairs=40"], ["data.num_pairs=40", "160 tokens", "data.num_pairs=32"]),
         (["data=mqar", "data.vocab_size=1"], ["data.vocab_size=1 is not valid", "data.vocab_size=128"]),
-        (["data=mqar", "data.vocab_size=10", "data.num_pairs=8"], ["data.vocab_size=10", "data.vocab_size=16"]),
+        (["data=mqar", "data.vocab_size=10", "data.num_pairs=8"], ["data.vocab_size=10", "data.vocab_size=18"]),
         (["data=mqar", "data.num_queries=0"], ["data.num_queries=0 is not valid", "data.num_queries=8"]),
         (["data=induction", "data.vocab_size=32"], ["data.vocab_size=32", "data.vocab_size=64 or more"]),
         (["data=mqar", "+data.path=corpus.txt"], ["data.path is not a setting"]),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from attention_lab.data import DataConfigError, tokenizer_from_state
-from attention_lab.data.probe_tasks import IGNORE, induction, mqar
+from attention_lab.data.probe_tasks import FILLER, IGNORE, induction, mqar
 from attention_lab.data.probes import InductionDataModule, MQARDataModule
 from attention_lab.data.tokenizers import ProbeTokenizer
 
@@ -22,7 +22,7 @@ def test_mqar_keys_unique_values_disjoint_and_answers_are_the_bound_values() -> 
     x, y = _mqar()
     assert x.shape == y.shape == (50, T) and x.dtype == np.int64
     keys, values = x[:, 0 : 2 * P : 2], x[:, 1 : 2 * P : 2]
-    assert (keys < V // 2).all() and (values >= V // 2).all() and (values < V).all()
+    assert (keys >= 1).all() and (keys < V // 2).all() and (values >= V // 2).all() and (values < V).all()
     for row in range(50):
         assert len(set(keys[row])) == P and len(set(values[row])) == P
         bound = dict(zip(keys[row].tolist(), values[row].tolist(), strict=True))
@@ -32,8 +32,8 @@ def test_mqar_keys_unique_values_disjoint_and_answers_are_the_bound_values() -> 
         for at in answered:
             assert y[row, at] == bound[int(x[row, at])]  # the query key's bound value
         assert sorted(int(x[row, at]) for at in answered) == sorted(bound)  # each pair asked once
-        # after the pairs no key appears except the queries: nothing rebinds a key
-        after = np.flatnonzero(x[row, 2 * P :] < V // 2) + 2 * P
+        # after the pairs only the queries and the filler token: nothing rebinds a key or shows a value
+        after = np.flatnonzero(x[row, 2 * P :] != FILLER) + 2 * P
         assert sorted(after.tolist()) == sorted(answered.tolist())
 
 
@@ -41,7 +41,8 @@ def test_mqar_more_queries_than_pairs_repeat_keys_and_labels_only_queries() -> N
     x, y = _mqar(queries=12)
     assert ((y != IGNORE).sum(axis=1) == 12).all()
     assert ((y == IGNORE) | (y >= V // 2)).all()
-    assert ((y != IGNORE) == (np.arange(T) >= 2 * P) & (x < V // 2)).all()  # labelled exactly at query keys
+    labelled_keys = (np.arange(T) >= 2 * P) & (x != FILLER)
+    assert ((y != IGNORE) == labelled_keys).all()  # labelled exactly at the query keys
 
 
 def test_mqar_is_a_function_of_the_seed() -> None:
@@ -63,7 +64,7 @@ def test_induction_repeats_the_first_half_and_labels_the_repeat() -> None:
 @pytest.mark.parametrize(
     ("settings", "names"),
     [
-        ({"vocab_size": 8, "num_pairs": 8}, ["data.vocab_size=8", "data.vocab_size=16"]),
+        ({"vocab_size": 8, "num_pairs": 8}, ["data.vocab_size=8", "data.vocab_size=18"]),
         ({"num_pairs": 9, "context_length": 32}, ["data.num_pairs=9", "data.num_pairs=8"]),
         ({"num_pairs": 4, "num_queries": 13, "context_length": 32}, ["13 queries", "model.context_length=34"]),
         ({"num_train": 10, "batch_size": 16}, ["data.num_train=10", "data.num_train=320"]),
@@ -113,3 +114,12 @@ def test_example_is_a_short_fixed_mqar_sequence() -> None:
     assert len(ids) == 24 and ids == dm.example(24)
     keys = ids[0:12:2]  # 24 tokens hold 6 pairs and their 6 queries
     assert len(set(keys)) == 6 and all(k < V // 2 for k in keys)
+
+
+def test_the_data_module_asks_as_many_queries_as_set_not_capped_at_the_pairs() -> None:
+    """A bug found in review: the module capped num_queries at num_pairs, so `num_queries: 16` asked 4."""
+    module = MQARDataModule(vocab_size=64, num_pairs=4, num_queries=12, context_length=32, batch_size=4)
+    _, y = module.generate(np.random.default_rng(0), 8, 32)
+    assert ((y != IGNORE).sum(axis=1) == 12).all()
+    _, y = module.generate(np.random.default_rng(0), 2, 16)  # a short example(): as many as its slots hold
+    assert ((y != IGNORE).sum(axis=1) == 4).all()

@@ -16,6 +16,7 @@ import numpy as np
 from .tokenizers import DataConfigError
 
 IGNORE = -100
+FILLER = 0  # MQAR's filler token (a key id never drawn as a key)
 _CHUNK = 1024  # rows drawn at once: a (rows, vocab) random matrix stays small for any vocabulary
 
 
@@ -29,19 +30,19 @@ def _distinct(rng: np.random.Generator, n: int, pool: int, k: int) -> np.ndarray
 
 
 def mqar_num_keys(vocab_size: int) -> int:
-    """Keys are ids [0, vocab_size // 2), values the rest (disjoint halves, as in Zoology)."""
+    """Keys are ids [1, vocab_size // 2) (0 is the filler), values the rest (disjoint halves, as in Zoology)."""
     return vocab_size // 2
 
 
 def check_mqar(vocab_size: int, num_pairs: int, num_queries: int | None, seq_len: int) -> int:
     """Raise DataConfigError unless the settings can make MQAR sequences; returns the number of queries."""
     queries = num_pairs if num_queries is None else num_queries
-    keys, values = mqar_num_keys(vocab_size), vocab_size - mqar_num_keys(vocab_size)
+    keys, values = mqar_num_keys(vocab_size) - 1, vocab_size - mqar_num_keys(vocab_size)  # id 0: filler
     if num_pairs > keys or num_pairs > values:
         raise DataConfigError(
             f"data.vocab_size={vocab_size} is too small for data.num_pairs={num_pairs}: keys are unique within a "
-            f"sequence and come from one half of the vocabulary ({keys} keys): set data.vocab_size="
-            f"{2 * num_pairs} or more (or lower data.num_pairs)."
+            f"sequence and come from one half of the vocabulary ({keys} keys, the filler aside): set "
+            f"data.vocab_size={2 * num_pairs + 2} or more (or lower data.num_pairs)."
         )
     needed = 2 * num_pairs + 2 * queries
     if needed > seq_len:
@@ -65,15 +66,16 @@ def mqar(
     keys and values are distinct within a sequence (no pair is overwritten), each queried key is asked once
     (unless num_queries > num_pairs: then keys are asked again, at random),
     and the token after a query is filler, not the answer (shown answers would let the last queries be solved
-    by elimination). Unlike Zoology, filler is drawn from the value half only (a filler key could look like a
-    second binding of a queried key), and queries sit in uniformly random slots (Zoology draws the gaps from a
-    power law favouring short ones).
+    by elimination). Filler is one token, id 0 (FILLER, so keys are ids [1, K)), as Zoology pads with zeros:
+    random filler values would follow every query key and read as a second, conflicting binding of it, which
+    kept every model at the 1/num_pairs plateau of "name some value of this sequence". Queries sit in uniformly
+    random slots (Zoology draws the gaps from a power law favouring short ones).
     """
     queries = check_mqar(vocab_size, num_pairs, num_queries, seq_len)
     num_keys = mqar_num_keys(vocab_size)
-    keys = _distinct(rng, n, num_keys, num_pairs)  # (N, P) in [0, K)
+    keys = 1 + _distinct(rng, n, num_keys - 1, num_pairs)  # (N, P) in [1, K): id 0 is the filler
     values = num_keys + _distinct(rng, n, vocab_size - num_keys, num_pairs)  # (N, P) in [K, V), distinct
-    x = rng.integers(num_keys, vocab_size, (n, seq_len))  # (N, T) filler from the value half
+    x = np.full((n, seq_len), FILLER, dtype=np.int64)  # (N, T)
     x[:, 0 : 2 * num_pairs : 2], x[:, 1 : 2 * num_pairs : 2] = keys, values
     # (N, Q) which pairs are queried: each once, as in Zoology; with more queries than pairs, keys asked again
     once = queries <= num_pairs

@@ -169,7 +169,8 @@ class MQARDataModule(ProbeDataModule):
 
     def generate(self, rng: np.random.Generator, n: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
         pairs = min(self.num_pairs, seq_len // 4)  # example() asks for short sequences: fewer pairs there
-        queries = None if self.num_queries is None else min(self.num_queries, pairs)
+        # and fewer queries, as many as its slots hold (a query takes 2 tokens after the 2 * pairs of the pairs)
+        queries = None if self.num_queries is None else min(self.num_queries, (seq_len - 2 * pairs) // 2)
         return probe_tasks.mqar(rng, n, seq_len, self.vocab_size, pairs, queries)
 
     @property
