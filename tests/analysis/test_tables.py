@@ -39,3 +39,13 @@ def test_report_md_has_every_run_and_the_error(sweep: Path) -> None:
     assert "| 2.2000 |" in md
     for name in PLOTS:
         assert f"]({name})" in md
+
+
+def test_report_md_states_the_settings_every_run_shares_including_the_init(sweep: Path) -> None:
+    """Every report says which init, model and budget its runs used (the fake runs predate model.init, which
+    counts as gpt2); a setting that differs is a knob column, not a shared one."""
+    md = (sweep / "report.md").read_text()
+    shared = next(line for line in md.splitlines() if line.startswith("Shared settings: "))
+    for setting in ("`model.init=gpt2`", "`model.position=learned`", "`model.d_model=32`", "`model.n_layers=2`"):
+        assert setting in shared, shared
+    assert "attention" not in shared

@@ -170,7 +170,34 @@ def _md_intro(runs: Sequence[Run], knobs: Sequence[str], sources: Sequence[Path]
         + differ
         + " Sorted by final val loss; incomplete and failed runs last.",
         "",
+        *_md_shared(runs, knobs),
     ]
+
+
+# Settings a reader needs to judge any comparison (budget, model, init); shown when every run has the same value.
+SHARED_SETTINGS = (
+    "model.init",
+    "model.position",
+    "model.d_model",
+    "model.n_layers",
+    "model.context_length",
+    "data.tokenizer",
+    "data.batch_size",
+    "trainer.max_steps",
+    "optim.lr",
+)
+
+
+def _md_shared(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
+    """"Shared settings: model.init=gpt2, ...": what every run used, so a report always states its init and budget
+    (a knob that differs is a column of the run table instead)."""
+    configs = [r.raw_config for r in runs if r.raw_config is not None]
+    shared = [
+        f"`{key}={format_value(configs[0][key])}`"
+        for key in SHARED_SETTINGS
+        if key not in knobs and configs and all(key in c for c in configs)
+    ]
+    return [f"Shared settings: {', '.join(shared)}.", ""] if shared else []
 
 
 def _md_runs(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
