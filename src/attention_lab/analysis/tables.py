@@ -189,7 +189,7 @@ SHARED_SETTINGS = (
 
 
 def _md_shared(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
-    """"Shared settings: model.init=gpt2, ...": what every run used, so a report always states its init and budget
+    """ "Shared settings: model.init=gpt2, ...": what every run used, so a report always states its init and budget
     (a knob that differs is a column of the run table instead)."""
     configs = [r.raw_config for r in runs if r.raw_config is not None]
     shared = [
