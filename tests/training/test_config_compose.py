@@ -24,7 +24,16 @@ from tests.training.helpers import make_cfg, tiny
     + ["data=default", "data=text data.path=x.txt", "logger=tensorboard", "logger=csv", "callbacks=none"]
     + [
         f"experiment={e}"
-        for e in ("heads_dropout", "gpt2_124m", "compare_classic", "compare_modern", "compare_positions")
+        for e in (
+            "heads_dropout",
+            "gpt2_124m",
+            "compare_classic",
+            "compare_modern",
+            "compare_positions",
+            "compare_matched",
+            "recall",
+            "recall_induction",
+        )
     ],
 )
 def test_every_config_group_composes(tmp_path: Path, override: str) -> None:
