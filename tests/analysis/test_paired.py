@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from attention_lab.analysis.grouping import differing_knobs, group_by_seed
 from attention_lab.analysis.paired import (
     Metric,
+    metrics_for,
+    paired_rows,
     paired_stat,
     resolve_baseline,
     seed_values,
@@ -307,3 +309,32 @@ def test_the_tail_loss_at_the_longest_length_is_paired_too(tmp_path: Path) -> No
     assert len(tail) == 1 and tail[0]["better_if"] == "lower" and tail[0]["verdict"] == "better"
     assert float(tail[0]["diff_mean"]) == pytest.approx(-0.19, abs=1e-9)  # -0.20, -0.19, -0.18
     assert "### tail_loss@64 (lower is better)" in (tmp_path / "report.md").read_text()
+
+
+def test_attention_name_as_a_setting_is_the_variant_baseline_and_a_seed_is_refused(tmp_path: Path) -> None:
+    """Review: `--baseline attention.name=multihead` left gqa unpaired (multihead has no num_kv_heads), while
+    `--baseline multihead` paired it; and `--baseline seed=0` said no group had seed 0."""
+    for seed in (0, 1, 2):
+        paired_run(tmp_path, "multihead", seed, 2.0)
+        paired_run(tmp_path, "gqa", seed, 1.9 + seed / 100)
+    groups, knobs = load_groups(tmp_path)
+    by_setting = resolve_baseline("attention.name=multihead", groups, knobs)
+    assert [p.baseline is not None for p in by_setting.pairings] == [True]
+    assert by_setting.pairings[0].baseline.variant == "multihead"
+    with pytest.raises(CompareError, match="paired over their seeds, so a seed cannot be the baseline"):
+        resolve_baseline("seed=0", groups, knobs)
+
+
+def test_a_group_without_common_seeds_has_a_row_in_every_metric_it_recorded(tmp_path: Path) -> None:
+    """Review: a group with no common seed vanished from the val_acc table (only val_loss said n/a)."""
+    paired_run(tmp_path, "multihead", 0, 2.0, acc=0.5)
+    paired_run(tmp_path, "multihead", 1, 2.0, acc=0.5)
+    paired_run(tmp_path, "gqa", 2, 1.9, acc=0.6)
+    groups, knobs = load_groups(tmp_path)
+    baseline = resolve_baseline("multihead", groups, knobs)
+    runs = [run for group in groups for run in group.runs]
+    rows = [
+        (pairing.group.variant, metric.name, stat) for pairing, metric, stat in paired_rows(baseline, metrics_for(runs))
+    ]
+    assert [(variant, name) for variant, name, _ in rows] == [("gqa", "val_loss"), ("gqa", "val_acc")]
+    assert all(stat is not None and stat.n == 0 for _, _, stat in rows)

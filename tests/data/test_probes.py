@@ -66,7 +66,7 @@ def test_induction_repeats_the_first_half_and_labels_the_repeat() -> None:
     [
         ({"vocab_size": 8, "num_pairs": 8}, ["data.vocab_size=8", "data.vocab_size=18"]),
         ({"num_pairs": 9, "context_length": 32}, ["data.num_pairs=9", "data.num_pairs=8"]),
-        ({"num_pairs": 4, "num_queries": 13, "context_length": 32}, ["13 queries", "model.context_length=34"]),
+        ({"num_pairs": 4, "num_queries": 13, "context_length": 32}, ["data.num_queries=12", "context_length=34"]),
         ({"num_train": 10, "batch_size": 16}, ["data.num_train=10", "data.num_train=320"]),
     ],
 )

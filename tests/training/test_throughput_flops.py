@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -79,3 +80,31 @@ def test_mfu_is_logged_and_summarised_when_the_peak_is_known(monkeypatch: pytest
     assert fields["peak_flops"] == 2e12
     assert fields["mfu"] == pytest.approx(meter.tokens_per_sec * per_token / 2e12)
     assert "mfu_note" not in fields
+
+
+class _Module:
+    """What Throughput reads from a LightningModule: the device and log()."""
+
+    device = torch.device("cpu")
+
+    def __init__(self) -> None:
+        self.logged: list[str] = []
+
+    def log(self, name: str, value: float, **kwargs: object) -> None:
+        self.logged.append(name)
+
+
+def test_validations_more_often_than_the_logging_interval_still_log_throughput() -> None:
+    """Review: with val_check_interval=5 < log_every_n_steps=10 every validation closed the interval, so the
+    batch count never reached 10 and no throughput/* scalar was ever written."""
+    callback, module = Throughput(log_every_n_steps=10), _Module()
+    trainer = SimpleNamespace(world_size=1)
+    batch = (torch.zeros(4, 8, dtype=torch.long), torch.zeros(4, 8, dtype=torch.long))
+    callback._start = time.perf_counter()
+    for step in range(1, 21):
+        callback.on_train_batch_end(trainer, module, None, batch, step)
+        if step % 5 == 0:
+            callback.on_validation_start(trainer, module)
+            callback.on_validation_end(trainer, module)
+    assert module.logged.count("throughput/tokens_per_sec") == 2  # at steps 10 and 20
+    assert callback.tokens == 20 * 32 and callback.tokens_per_sec > 0

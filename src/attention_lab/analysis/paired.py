@@ -171,6 +171,10 @@ def _raw(group: Group, key: str) -> Any:
     return (type(value) is bool, value)  # True == 1 in Python; a bool and an int setting still differ
 
 
+def _same_or_absent(a: Group, b: Group, key: str) -> bool:
+    return _raw(a, key) == _raw(b, key) or ABSENT in (_raw(a, key)[1], _raw(b, key)[1])
+
+
 def _describe(group: Group, keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={format_value(group.knobs.get(k, ABSENT))}" for k in keys) or "the same settings"
 
@@ -201,6 +205,13 @@ def _setting_baseline(spec: str, groups: Sequence[Group], knobs: Sequence[str]) 
     """`--baseline model.position=learned`: the groups with that setting are the baselines; every other group is
     paired with the one that agrees on all the other settings (its own variant, width, ...)."""
     key, _, value = spec.partition("=")
+    if key == VARIANT_KEY:  # attention.name=multihead is the variant baseline, with its rules for attention.* knobs
+        return resolve_baseline(value, groups, knobs)
+    if is_seed_key(key):
+        raise CompareError(
+            f"--baseline {spec}: runs are paired over their seeds, so a seed cannot be the baseline; give a variant "
+            "name, a setting that differs (e.g. model.position=learned) or a run folder."
+        )
     if key not in knobs:
         raise CompareError(
             f"--baseline {spec}: {key} does not differ between the runs compared; give one of the settings that "
@@ -213,7 +224,8 @@ def _setting_baseline(spec: str, groups: Sequence[Group], knobs: Sequence[str]) 
     others = [k for k in knobs if not is_seed_key(k) and k != key]
     pairings = []
     for group in (g for g in groups if g not in baselines):
-        found = [b for b in baselines if all(_raw(b, k) == _raw(group, k) for k in others)]
+        # a setting only one side has (gqa's num_kv_heads against multihead) does not keep them apart
+        found = [b for b in baselines if all(_same_or_absent(b, group, k) for k in others)]
         reason = "" if len(found) == 1 else f"{len(found)} groups with {spec} and {_describe(group, others)}"
         pairings.append(Pairing(group, found[0] if len(found) == 1 else None, reason))
     return Baseline(spec, baselines, sorted(pairings, key=lambda p: p.baseline is None))
@@ -255,18 +267,21 @@ def resolve_baseline(spec: str, groups: Sequence[Group], knobs: Sequence[str]) -
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def _rows(baseline: Baseline, metrics: Sequence[Metric]) -> list[tuple[Pairing, Metric, PairedStat | None]]:
+def paired_rows(baseline: Baseline, metrics: Sequence[Metric]) -> list[tuple[Pairing, Metric, PairedStat | None]]:
+    """One row per (group, metric) the group has: an unpaired group or one without a common seed is shown in
+    every metric's table (with its reason or n/a), a metric the group never recorded gets no row."""
     rows = []
     for metric in metrics:
         for pairing in baseline.pairings:
+            has_metric = metric.name == "val_loss" or bool(seed_values(pairing.group, metric))
             if pairing.baseline is None:
-                if metric.name == "val_loss":  # said once, not once per metric
+                if has_metric:
                     rows.append((pairing, metric, None))
                 continue
             stat = paired_stat(
                 seed_values(pairing.group, metric), seed_values(pairing.baseline, metric), metric.lower_is_better
             )
-            if stat.n or metric.name == "val_loss":  # val_acc or tail loss of groups that do not have it: no row
+            if stat.n or has_metric:
                 rows.append((pairing, metric, stat))
     return rows
 
@@ -329,7 +344,7 @@ def _insert_section(report_md: Path, lines: list[str]) -> None:
 def write_paired(baseline: Baseline, runs: Sequence[Run], report_md: Path, out: Path) -> dict[str, Path]:
     """report_paired.csv (raw numbers, one row per group and metric) and the "Paired against" section of
     report.md."""
-    rows = _rows(baseline, metrics_for(runs))
+    rows = paired_rows(baseline, metrics_for(runs))
     path = out / PAIRED_CSV
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(CSV_COLUMNS))

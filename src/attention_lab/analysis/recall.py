@@ -72,12 +72,14 @@ def plot_recall_frontier(groups: Sequence[Group], path: Path) -> list[str]:
                 label=variant,
             )
         _x_axis(ax, [p["bytes"] for p in panel])
-        ax.set_xlabel("KV cache bytes per token (per layer, float32)")
+        ax.set_xlabel("KV-cache bytes per token (all layers, float32)")
         ax.set_title(f"{PAIRS_KEY}={pairs}" if pairs is not None else "recall")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("val accuracy on answers")
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    # one legend for every panel: a variant may be missing from the last one (a pair count it never ran)
+    handles = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels(), strict=True)}
+    axes[-1].legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
     fig.suptitle("Recall vs memory (mean ± std over seeds)")
     fig.savefig(path, dpi=DPI)
     return variants

@@ -45,6 +45,12 @@ def check_mqar(vocab_size: int, num_pairs: int, num_queries: int | None, seq_len
             f"data.vocab_size={2 * num_pairs + 2} or more (or lower data.num_pairs)."
         )
     needed = 2 * num_pairs + 2 * queries
+    if needed > seq_len and num_queries is not None and 2 * num_pairs < seq_len - 1:
+        raise DataConfigError(  # the queries were set: fewer of them is the fix that keeps the pairs
+            f"data.num_pairs={num_pairs} with data.num_queries={num_queries} needs sequences of {needed} tokens (2 "
+            f"per pair, 2 per query) but the sequence is model.context_length={seq_len}: set data.num_queries="
+            f"{(seq_len - 2 * num_pairs) // 2} or fewer (or a longer model.context_length={needed})."
+        )
     if needed > seq_len:
         fit = seq_len // 4
         raise DataConfigError(

@@ -143,6 +143,7 @@ class Throughput(L.Callback):
         self.seconds = 0.0
         self._interval_tokens = 0
         self._interval_batches = 0
+        self._interval_seconds = 0.0  # training time of the open interval, validations excluded
         self._start: float | None = None
         self._batch_tokens = 0  # tokens of one batch on all ranks (host metadata: numel needs no sync)
         self.flops_per_token: float | None = None  # training (forward + backward) at model.context_length
@@ -181,15 +182,24 @@ class Throughput(L.Callback):
             fields["mfu_note"] = f"unknown peak for {self._device}"
         return fields
 
-    def _close_interval(self, pl_module: L.LightningModule) -> tuple[float, int, int]:
+    def _pause(self, pl_module: L.LightningModule) -> None:
+        """Bank the training time since the last (re)start; validation time is not training time."""
         synchronize(pl_module.device)
         now = time.perf_counter()
-        elapsed = now - self._start if self._start is not None else 0.0
-        tokens, batches = self._interval_tokens, self._interval_batches
+        if self._start is not None:
+            self._interval_seconds += now - self._start
+        self._start = now
+
+    def _close_interval(self, pl_module: L.LightningModule) -> tuple[float, int, int]:
+        """The interval's training seconds, tokens and batches (validations inside it excluded), added to the
+        totals. A validation pauses the interval without closing it, so the counts reach log_every_n_steps even
+        when validations come more often (val_check_interval < log_every_n_steps: no throughput logged, before)."""
+        self._pause(pl_module)
+        elapsed, tokens, batches = self._interval_seconds, self._interval_tokens, self._interval_batches
         self.seconds += elapsed
         self.tokens += tokens
         self._interval_tokens = self._interval_batches = 0
-        self._start = now
+        self._interval_seconds = 0.0
         return elapsed, tokens, batches
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -215,7 +225,7 @@ class Throughput(L.Callback):
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:  # None during the sanity check, before training started
-            self._close_interval(pl_module)  # bank the partial interval; validation time is not training time
+            self._pause(pl_module)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._start is not None:
@@ -227,7 +237,9 @@ class Throughput(L.Callback):
 
     @property
     def tokens_per_sec(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        """Over all training so far, the open interval included (a run stopped mid-interval still has a rate)."""
+        tokens, seconds = self.tokens + self._interval_tokens, self.seconds + self._interval_seconds
+        return tokens / seconds if seconds > 0 else 0.0
 
 
 class HParams(L.Callback):
