@@ -107,7 +107,10 @@ def run_row(run: Run, knobs: Sequence[str]) -> dict[str, Any]:
 def group_row(group: Group) -> dict[str, Any]:
     """One report_grouped.csv row: mean and std per number, n finished runs, the seeds pooled."""
     first = group.runs[0]
-    seeds = [format_value(r.config.get("seed", ABSENT)) for r in group.runs if r.config is not None]
+    raw = [r.config.get("seed", ABSENT) for r in group.runs if r.config is not None]
+    # in seed order, numbers numerically (runs are sorted by loss, which made "1 2 0")
+    ordered = sorted(raw, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else str(s)))
+    seeds = [format_value(s) for s in ordered]
     row: dict[str, Any] = {"group": group.label, "variant": group.variant}
     row.update({k: format_value(v) for k, v in group.knobs.items()})
     row.update({"n": len(group.finished), "n_not_finished": len(group.runs) - len(group.finished)})
