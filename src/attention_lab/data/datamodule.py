@@ -7,9 +7,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from .corpus import load_corpus
+from .loading import seeded_loader
 from .token_cache import load_tokens
 from .tokenizers import Tokenizer, build_tokenizer
-from .windows import EpochShuffleSampler, TokenWindows, check_corpus_fits, collate_windows, split_point, split_tokens
+from .windows import TokenWindows, check_corpus_fits, split_point, split_tokens
 
 
 class TextDataModule(L.LightningDataModule):
@@ -102,38 +103,9 @@ class TextDataModule(L.LightningDataModule):
     # --- dataloaders -----------------------------------------------------------------------------------------
 
     def _loader(self, dataset: TokenWindows | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for dataloaders")
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
-        if sampler is not None and self._resumed_batches():
-            sampler.skip_first(self._resumed_batches() * self.batch_size)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            # its own generator: creating an iterator otherwise draws from the global RNG, which would shift
-            # the dropout stream of a resumed run
-            generator=torch.Generator().manual_seed(self.seed),
-            drop_last=shuffle,  # train drops the ragged last batch; val keeps every window
-            collate_fn=collate_windows,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        return seeded_loader(
+            dataset, self.batch_size, self.seed, shuffle, self.num_workers, getattr(self, "trainer", None)
         )
-
-    def _resumed_batches(self) -> int:
-        """Batches of the current epoch already trained on when resuming from a checkpoint (else 0)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.ckpt_path is None or self.train_dataset is None:
-            return 0
-        if trainer.world_size > 1:
-            # Lightning wraps the sampler per rank (DistributedSamplerWrapper), which a skip would break:
-            # a multi-device resume restarts the epoch's order instead (Lightning warns about it).
-            return 0
-        per_epoch = len(self.train_dataset) // self.batch_size  # drop_last
-        # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed.
-        # A checkpoint at the end of an epoch (processed == per_epoch) resumes at the start of the next one.
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed % max(per_epoch, 1)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import probe_tasks
+from .loading import seeded_loader
 from .tokenizers import DataConfigError, ProbeTokenizer
-from .windows import EpochShuffleSampler, WindowBatch, collate_windows
+from .windows import WindowBatch
 
 VAL_SEED = 20231208  # the val questions of every probe run (Zoology's arXiv date)
 
@@ -110,30 +111,9 @@ class ProbeDataModule(L.LightningDataModule):
         x, _ = self.generate(np.random.default_rng([VAL_SEED, 2]), 1, n)
         return x[0].tolist()
 
-    def _resumed_batches(self) -> int:
-        """Batches of the current epoch already trained on when resuming (see TextDataModule)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.ckpt_path is None or self.train_dataset is None or trainer.world_size > 1:
-            return 0
-        per_epoch = len(self.train_dataset) // self.batch_size
-        return trainer.fit_loop.epoch_loop.batch_progress.current.processed % max(per_epoch, 1)
-
     def _loader(self, dataset: ProbeSequences | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("call setup() before asking for dataloaders")
-        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
-        if sampler is not None and self._resumed_batches():
-            sampler.skip_first(self._resumed_batches() * self.batch_size)
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            generator=torch.Generator().manual_seed(self.seed),  # not the global RNG (see TextDataModule)
-            drop_last=shuffle,
-            collate_fn=collate_windows,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+        return seeded_loader(
+            dataset, self.batch_size, self.seed, shuffle, self.num_workers, getattr(self, "trainer", None)
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,61 @@
+"""DataLoaders shared by the text and the probe data modules: a seeded epoch order that resumes mid-epoch.
+
+Both modules shuffle with EpochShuffleSampler (order fixed by the seed and the epoch, independent of the model,
+which common random numbers rely on) and skip the batches a checkpoint had already trained on, so a resumed run
+sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .windows import EpochShuffleSampler, collate_windows
+
+
+def batches_done_this_epoch(trainer: Any, num_items: int, batch_size: int) -> int:
+    """Batches of the current epoch already trained on when resuming from a checkpoint (else 0)."""
+    if trainer is None or trainer.ckpt_path is None:
+        return 0
+    if trainer.world_size > 1:
+        # Lightning wraps the sampler per rank (DistributedSamplerWrapper), which a skip would break:
+        # a multi-device resume restarts the epoch's order instead (Lightning warns about it).
+        return 0
+    per_epoch = num_items // batch_size  # drop_last
+    # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed.
+    # A checkpoint at the end of an epoch (processed == per_epoch) resumes at the start of the next one.
+    return trainer.fit_loop.epoch_loop.batch_progress.current.processed % max(per_epoch, 1)
+
+
+def seeded_loader(
+    dataset: Dataset | None,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    num_workers: int,
+    trainer: Any = None,
+) -> DataLoader:
+    """Train (shuffle=True: seeded epoch order, ragged last batch dropped, resumed batches skipped) or val
+    (in order, every item kept) loader of (x, y) batches."""
+    if dataset is None:
+        raise RuntimeError("call setup() before asking for dataloaders")
+    sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
+    if sampler is not None:
+        done = batches_done_this_epoch(trainer, len(dataset), batch_size)
+        if done:
+            sampler.skip_first(done * batch_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        # its own generator: creating an iterator otherwise draws from the global RNG, which would shift
+        # the dropout stream of a resumed run
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=shuffle,
+        collate_fn=collate_windows,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
