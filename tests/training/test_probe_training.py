@@ -52,9 +52,10 @@ def test_text_labels_give_the_plain_mean_loss() -> None:
     assert (loss / count).item() == pytest.approx(F.cross_entropy(logits.flatten(0, 1), y.flatten()).item(), rel=1e-5)
 
 
-def test_a_probe_run_reports_val_acc_in_metrics_and_tensorboard(tmp_path: Path) -> None:
+def test_a_probe_run_reports_val_acc_in_metrics_and_tensorboard(tmp_path: Path, capsys) -> None:
     cfg = make_cfg(tmp_path, [*PROBE, "trainer.max_steps=4", "trainer.val_check_interval=2", "~callbacks.text_sample"])
     metrics = train(cfg)
+    assert f"val acc {metrics['val_acc']:.4f}" in capsys.readouterr().out  # the end-of-run line says it too
     record = read_metrics(tmp_path / "run")
     assert record["status"] == "ok" and metrics["val_acc"] == record["val_acc"]
     assert 0.0 <= record["val_acc"] <= 1.0 and record["val_acc"] == record["last_val_acc"]

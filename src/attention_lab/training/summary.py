@@ -170,10 +170,11 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
     out = Path(cfg.paths.output_dir)
     last = out / "checkpoints" / "last.ckpt"
     extend = resume_command(metrics["overrides"], last, trainer__max_steps=2 * metrics["max_steps"])
+    accuracy = f"val acc {fmt(metrics['val_acc'], '.4f')}  " if "val_acc" in metrics else ""  # probes only
     print(
         f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
         f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
-        f"{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
+        f"{accuracy}{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
         f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n"
         f"{_by_length_line(metrics)}"
         f"to train further: {extend}\n",
