@@ -80,6 +80,7 @@ def test_a_different_seed_gives_different_weights(init: str) -> None:
     assert torch.equal(first["blocks.0.norm1.weight"], second["blocks.0.norm1.weight"])  # LayerNorm: always 1
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 @pytest.mark.parametrize("init", INITS)
 def test_the_same_seed_twice_gives_every_variant_identical_weights(init: str) -> None:
     """All of them, attention included, whatever the global stream held: no parameter of any variant is drawn
@@ -132,6 +133,7 @@ class FirstStep(L.Callback):
             FIRST_STEPS[self.key] = {"batch": batch, "weights": weights, "rng": torch.get_rng_state()}
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_two_variants_trained_with_the_same_seed_start_from_the_same_weights_batch_and_stream(tmp_path: Path) -> None:
     """Through the training task: multihead and gqa with seed=7 see the same first batch, start from the same
     shared weights and the same global random state; seed=8 changes the weights (the batch order too).

@@ -98,6 +98,7 @@ def test_the_committed_preset_matches_to_multihead(tmp_path: Path) -> None:
     assert kwargs["mlp_hidden"] == 4 * cfg.model.d_model  # the preset's first job is multihead itself
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_matched_run_records_the_match_and_its_checkpoint_the_width(tmp_path: Path) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)

@@ -18,6 +18,7 @@ from .fake_runs import FAILED_ERROR, GQA, GQA_BAD, KNOWN_COLUMNS, PLOTS, make_ru
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_single_run_folder_reports_into_itself(tmp_path: Path) -> None:
     run_dir = make_run(tmp_path, "2026-01-01_00-00-00_attention=gqa", GQA)
     assert main([str(run_dir)]) == 0
@@ -119,6 +120,7 @@ def test_the_script_and_the_attention_lab_command_report_errors_the_same_way(
     assert_one_error_line(capsys.readouterr().err, str(missing))
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_jobs_a_stopped_sweep_never_ran_are_listed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A signal stops a sweep after job 0; sweep_status.json lists jobs 1 and 2 as not run. The report names the
     ones still missing (job 2) and not those run since (job 1, continued into <sweep>/1 as the printed command

@@ -74,6 +74,7 @@ def test_a_seed_group_is_its_mean_with_a_std(runs_dir: Path) -> None:
     assert flops is not None and flops.x == pytest.approx([(s + 1) * TOKENS_PER_STEP * 1000.0 for s, _ in CURVE])
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_compare_writes_both_plots(runs_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cmp"
     assert main([str(runs_dir), "--out", str(out)]) == 0

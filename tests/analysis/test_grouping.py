@@ -22,6 +22,7 @@ def test_differing_knobs_compare_raw_values_and_tell_bools_from_ints(tmp_path: P
     assert differing_knobs(runs) == ["attention.qkv_bias"]
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_runs_that_differ_only_by_seed_form_one_group(tmp_path: Path) -> None:
     losses, speeds = [2.10, 2.20, 2.45], [1000.0, 1100.0, 1300.0]
     for i, (loss, speed) in enumerate(zip(losses, speeds, strict=True)):

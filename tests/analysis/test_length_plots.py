@@ -98,6 +98,7 @@ def test_few_lines_or_one_line_per_variant_stay_on_one_axes() -> None:
     assert name == "" and drawn == one_each
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_faceted_plot_draws_every_group_in_its_variants_panel(tmp_path: Path) -> None:
     """2 variants x 4 position schemes: 8 lines, above MAX_LINES_ONE_AXES, so two panels side by side."""
     groups = []

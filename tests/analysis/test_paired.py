@@ -296,6 +296,7 @@ def test_a_run_folder_as_baseline_pairs_every_group_with_its_seed_group(
     assert "## Paired against gqa\n" in (tmp_path / "cmp" / "report.md").read_text()
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_the_tail_loss_at_the_longest_length_is_paired_too(tmp_path: Path) -> None:
     """Runs evaluated by length: the loss of the last context_length positions at the longest length (64)."""
     for seed in (0, 1, 2):

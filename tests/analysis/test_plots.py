@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import matplotlib.image as mpimg
+import pytest
 
 from attention_lab.analysis.grouping import differing_knobs, run_labels
 from attention_lab.analysis.plots import plot_val_loss_vs_tokens
@@ -21,6 +22,7 @@ def test_plots_are_valid_images(sweep: Path) -> None:
         assert image.std() > 0.01, f"{name} is blank"
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_run_without_event_file_is_in_the_table_but_not_in_the_plots(tmp_path: Path) -> None:
     make_run(tmp_path, "0_attention=multihead", MULTIHEAD)
     make_run(tmp_path, "1_attention=gqa", GQA, curve=((49, 2.9), (149, 2.2)), events=False)

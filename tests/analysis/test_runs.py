@@ -23,6 +23,7 @@ def test_curves_are_in_tokens_seen(tmp_path: Path) -> None:
     assert step == 150 and image.shape == (20, 36, 3)
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_killed_run_shows_as_incomplete_with_numbers_from_its_events(tmp_path: Path) -> None:
     make_run(tmp_path, "0_attention=multihead", MULTIHEAD)
     make_run(tmp_path, "1_attention=gqa", GQA, curve=((49, 2.0), (99, 1.9)), metrics=False)
@@ -34,6 +35,7 @@ def test_a_killed_run_shows_as_incomplete_with_numbers_from_its_events(tmp_path:
     assert "no metrics.json" in rows[1]["note"]
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_mix_of_runs_and_sweeps_counts_each_run_once(tmp_path: Path) -> None:
     sweep = tmp_path / "sweeps" / "s1"
     make_run(sweep, "0_attention=multihead", MULTIHEAD)

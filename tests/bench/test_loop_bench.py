@@ -23,6 +23,7 @@ def test_bad_options_exit_2_before_anything_runs(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_loop_benchmark_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("ATTENTION_LAB_CACHE", str(tmp_path / "cache"))

@@ -47,7 +47,15 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "fragments"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+# one of each kind stays in the quick run (a config value, Hydra's own error, a bad checkpoint, a missing corpus,
+# an unknown key); the rest take the same path and run in CI (slow-marked to keep the quick run under a minute)
+QUICK = {"optim.lr=0", "optim.lrr=1", "ckpt_path=corrupt.ckpt", "data=text data.path=missing.txt", "+model.foo=1"}
+BAD_INPUT_PARAMS = [
+    pytest.param(o, f, id=" ".join(o), marks=() if " ".join(o) in QUICK else pytest.mark.slow) for o, f in BAD_INPUTS
+]
+
+
+@pytest.mark.parametrize(("overrides", "fragments"), BAD_INPUT_PARAMS)
 def test_a_bad_input_exits_2_with_one_message_and_no_run_folder(
     tmp_path: Path, corpus: Path, monkeypatch, capsys, overrides: list[str], fragments: list[str]
 ) -> None:

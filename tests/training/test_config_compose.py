@@ -23,7 +23,7 @@ from tests.training.helpers import make_cfg, tiny
     + [f"trainer={t}" for t in ("default", "cpu", "gpu", "ddp", "ddp_spawn", "fsdp")]
     + ["data=default", "data=text data.path=x.txt", "logger=tensorboard", "logger=csv", "callbacks=none"]
     + [
-        f"experiment={e}"
+        pytest.param(f"experiment={e}", marks=pytest.mark.slow)  # presets: CI composes them, the quick run skips
         for e in (
             "heads_dropout",
             "gpt2_124m",

@@ -275,6 +275,7 @@ def test_a_checkpoint_save_never_writes_nan_weights(tmp_path: Path, corpus: Path
     assert checkpoint_is_finite(run / "checkpoints" / "best.ckpt") == (3, True)
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_a_huge_learning_rate_exits_3_with_a_diverged_record(tmp_path: Path, corpus: Path, capsys) -> None:
     """`optim.lr=1000` through the CLI: exit 3, metrics.json says where. Before the validation-loss check the
     weights stayed finite while the logits overflowed, so the text-sample callback crashed in torch.multinomial

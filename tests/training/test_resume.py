@@ -129,6 +129,7 @@ def test_resume_with_changed_optimizer_settings_is_refused(tmp_path: Path, finis
     assert_refused_cleanly(code, capsys.readouterr().err, log_dir, "lr: checkpoint", "weight_decay: checkpoint")
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_resuming_a_finished_run_says_how_to_extend_it(tmp_path: Path, finished_run: Path, capsys) -> None:
     """Old: Lightning loaded the checkpoint, found max_steps reached, and "trained" zero steps with exit 0 (and a
     fresh run folder). Now: refused with the fix, and the fix works."""
@@ -191,6 +192,7 @@ def test_resume_continues_at_the_same_step_with_the_same_losses(tmp_path: Path, 
     assert final["b"] == pytest.approx(final["full"], abs=1e-5)
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_extending_a_run_keeps_the_warmup_it_trained_with(tmp_path: Path, corpus: Path) -> None:
     """Found by a review: a 4-step run clamps optim.warmup_steps=10 to 1 step; extending it to 20 steps
     recomputed the warmup against the new total (10 < 20) and restarted the warmup at step 4."""

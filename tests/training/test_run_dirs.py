@@ -194,6 +194,7 @@ def test_an_experiment_preset_sweep_leaves_exactly_one_sweep_folder(tmp_path: Pa
     assert len([p for p in sweeps[0].iterdir() if p.is_dir()]) == 2
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 @pytest.mark.parametrize("kind", ["run", "sweep"])
 def test_a_folder_override_that_points_at_a_used_folder_is_refused(tmp_path: Path, corpus: Path, capsys, kind) -> None:
     """Found by a review: `hydra.run.dir=` / `hydra.sweep.dir=` bypass the unique folders, and a second run there

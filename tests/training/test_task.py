@@ -75,6 +75,7 @@ def test_short_run_lowers_val_loss_and_logs_everything(tmp_path: Path, corpus: P
     assert {"attention.name", "attention.num_heads", "model.d_model", "params/total"} <= tags["hparams"]
 
 
+@pytest.mark.slow  # ~0.5 s: keeps the quick run under a minute; CI runs it
 def test_last_step_is_validated_and_checkpointed(tmp_path: Path, corpus: Path) -> None:
     cfg = make_cfg(
         tmp_path,
