@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
 from .corpus import load_corpus
-from .loading import seeded_loader
+from .loading import SeededLoaders
 from .token_cache import load_tokens
 from .tokenizers import Tokenizer, build_tokenizer
 from .windows import TokenWindows, check_corpus_fits, split_point, split_tokens
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SeededLoaders, L.LightningDataModule):
     """Corpus -> tokens -> contiguous train/val windows, as Lightning dataloaders.
 
     The corpus and tokens are loaded lazily and once: `tokenizer`, `vocab_size`, `train_tokens` and
@@ -99,19 +98,3 @@ class TextDataModule(L.LightningDataModule):
     @property
     def val_tokens(self) -> int:
         return len(self._load()[1]) - self.train_tokens
-
-    # --- dataloaders -----------------------------------------------------------------------------------------
-
-    def _loader(self, dataset: TokenWindows | None, shuffle: bool) -> DataLoader:
-        return seeded_loader(
-            dataset, self.batch_size, self.seed, shuffle, self.num_workers, getattr(self, "trainer", None)
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)

@@ -59,3 +59,28 @@ def seeded_loader(
         persistent_workers=num_workers > 0,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class SeededLoaders:
+    """The three dataloader hooks of a LightningDataModule whose setup() filled `train_dataset` and `val_dataset`
+    (and which has `batch_size`, `seed`, `num_workers`): train shuffled by the seed and resumable, val in order.
+    There is no separate test split: `test_dataloader` serves the val split."""
+
+    train_dataset: Dataset | None
+    val_dataset: Dataset | None
+    batch_size: int
+    seed: int
+    num_workers: int
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        return seeded_loader(dataset, self.batch_size, self.seed, shuffle, self.num_workers, trainer)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset, shuffle=False)

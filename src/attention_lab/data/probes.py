@@ -17,10 +17,10 @@ from collections.abc import Sequence
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from . import probe_tasks
-from .loading import seeded_loader
+from .loading import SeededLoaders
 from .tokenizers import DataConfigError, ProbeTokenizer
 from .windows import WindowBatch
 
@@ -44,7 +44,7 @@ class ProbeSequences(Dataset):
         return WindowBatch(self.x[idx], self.y[idx])  # (B, T), (B, T)
 
 
-class ProbeDataModule(L.LightningDataModule):
+class ProbeDataModule(SeededLoaders, L.LightningDataModule):
     """What both probes share: seeded fixed splits, a probe tokenizer, dataloaders, mid-epoch resume."""
 
     reports_accuracy = True  # the LightningModule logs val/acc and metrics.json gets val_acc
@@ -110,20 +110,6 @@ class ProbeDataModule(L.LightningDataModule):
             return []
         x, _ = self.generate(np.random.default_rng([VAL_SEED, 2]), 1, n)
         return x[0].tolist()
-
-    def _loader(self, dataset: ProbeSequences | None, shuffle: bool) -> DataLoader:
-        return seeded_loader(
-            dataset, self.batch_size, self.seed, shuffle, self.num_workers, getattr(self, "trainer", None)
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_dataset, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset, shuffle=False)
 
 
 class MQARDataModule(ProbeDataModule):
