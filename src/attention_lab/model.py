@@ -9,6 +9,10 @@ default) or `sinusoidal` (Vaswani et al.'s fixed table) are added to the token e
 act inside every attention layer (attention/positions.py); `none` (NoPE) relies on the causal mask alone.
 Only `learned` ties the model to context_length: the others run on longer sequences than they trained on.
 
+`layers` (attention/patterns.py) gives each layer its own variant, e.g. `sliding_window*3+multihead` for a
+local/global hybrid; None uses `attention` in every layer. `bias=False` removes the bias of every nn.Linear and
+nn.LayerNorm (nanoGPT's switch; attention.qkv_bias must then be false): fewer parameters and less work per step.
+
 `init_seed` makes the initial weights common random numbers: every parameter is drawn from its own generator,
 seeded by (init_seed, the parameter's name), so the parts two attention variants share (embeddings, norms, MLPs,
 head) start bit-identical whatever attention was built next to them, and building the model leaves the global
@@ -25,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import build_attention, count_params
+from .attention.patterns import Pattern, layer_settings
 from .attention.positions import SinusoidalPositions
 
 INITS = ("gpt2", "torch_default")  # model.init: GPT-2's std-0.02 scheme, or each module's PyTorch default
@@ -38,6 +43,13 @@ def name_seed(seed: int, name: str) -> int:
     every process, and a function of the name alone, so nothing built before it can shift its numbers."""
     digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
+
+
+def drop_biases(module: nn.Module) -> None:
+    """Remove the bias of every nn.Linear and nn.LayerNorm inside `module` (both run without one)."""
+    for child in module.modules():
+        if isinstance(child, (nn.Linear, nn.LayerNorm)) and child.bias is not None:
+            child.bias = None
 
 
 class MLP(nn.Module):
@@ -63,6 +75,7 @@ class Block(nn.Module):
         position: str = "learned",
         rope_base: float = 10000.0,
         mlp_hidden: int | None = None,  # None: 4 x d_model
+        depth: int = 0,  # this block's index: differential attention's lambda_init depends on it
     ):
         super().__init__()
         knobs = {k: v for k, v in attention.items() if k != "name"}
@@ -70,6 +83,8 @@ class Block(nn.Module):
         self.attn = build_attention(
             attention["name"], d_model, context_length, position=position, rope_base=rope_base, **knobs
         )
+        if hasattr(self.attn, "use_depth"):
+            self.attn.use_depth(depth)
         self.norm2 = nn.LayerNorm(d_model)
         self.mlp = MLP(d_model, 4 * d_model if mlp_hidden is None else mlp_hidden)
         self.drop_resid = nn.Dropout(resid_dropout)
@@ -117,9 +132,13 @@ class GPT(nn.Module):
         mlp_hidden: int | None = None,
         init: str = "gpt2",
         init_seed: int | None = None,
+        layers: Pattern = None,
+        bias: bool = True,
     ):
         """mlp_hidden: the MLP's hidden width (None: mlp_ratio x d_model). init_seed: seed every parameter from
-        (init_seed, its name), see the module docstring; None draws from the global random stream."""
+        (init_seed, its name), see the module docstring; None draws from the global random stream. layers: a
+        per-layer attention pattern (attention/patterns.py); None: `attention` everywhere. bias: False drops
+        every Linear and LayerNorm bias."""
         super().__init__()
         if init not in INITS:
             raise ValueError(f"init={init!r}: use one of {', '.join(INITS)}")
@@ -127,7 +146,11 @@ class GPT(nn.Module):
             raise ValueError("the attention config needs a `name` (e.g. attention=multihead).")
         self.vocab_size, self.context_length, self.n_layers = vocab_size, context_length, n_layers
         self.position, self.init = position, init
+        if not bias and attention.get("qkv_bias"):
+            raise ValueError("model.bias=false removes every bias: set attention.qkv_bias=false with it.")
         hidden = mlp_ratio * d_model if mlp_hidden is None else mlp_hidden
+        per_layer = layer_settings(attention, layers, n_layers)  # (n_layers,) attention configs
+        self.layers = layers
         # seeded: construction draws from a fork of the global stream, so the caller's stream (dropout) is unmoved
         with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
             self.tok_emb = nn.Embedding(vocab_size, d_model)
@@ -138,12 +161,14 @@ class GPT(nn.Module):
             self.drop_emb = nn.Dropout(emb_dropout)
             self.blocks = nn.ModuleList(
                 [
-                    Block(d_model, context_length, attention, resid_dropout, position, rope_base, hidden)
-                    for _ in range(n_layers)
+                    Block(d_model, context_length, layer, resid_dropout, position, rope_base, hidden, depth)
+                    for depth, layer in enumerate(per_layer)
                 ]
             )
             self.final_norm = nn.LayerNorm(d_model)
             self.head = nn.Linear(d_model, vocab_size, bias=False)
+            if not bias:
+                drop_biases(self)
             if tie_weights:
                 self.head.weight = self.tok_emb.weight
             if init_seed is not None:

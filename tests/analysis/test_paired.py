@@ -339,3 +339,20 @@ def test_a_group_without_common_seeds_has_a_row_in_every_metric_it_recorded(tmp_
     ]
     assert [(variant, name) for variant, name, _ in rows] == [("gqa", "val_loss"), ("gqa", "val_acc")]
     assert all(stat is not None and stat.n == 0 for _, _, stat in rows)
+
+
+def test_a_layer_pattern_is_a_variant_paired_with_the_uniform_baseline(tmp_path: Path) -> None:
+    """model.layers=sliding_window*3+multihead (attention group multihead) against uniform multihead: labelled by
+    its pattern, paired seed by seed on the other settings, and model.layers is not a column of its own."""
+    hybrid = "sliding_window*3+multihead"
+    for seed in (0, 1, 2):
+        paired_run(tmp_path, "multihead", seed, 2.0 + seed / 100)
+        run_dir = paired_run(tmp_path / "hybrid", "multihead", seed, 1.9 + seed / 100, model={"layers": hybrid})
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        (run_dir / "metrics.json").write_text(json.dumps(metrics | {"attention": hybrid}))
+    groups, knobs = load_groups(tmp_path)
+    assert sorted(g.label for g in groups) == ["multihead", hybrid]
+    (pairing,) = resolve_baseline("multihead", groups, knobs).pairings
+    assert pairing.group.variant == hybrid and pairing.baseline is not None
+    stat = paired_stat(seed_values(pairing.group, VAL_LOSS), seed_values(pairing.baseline, VAL_LOSS), True)
+    assert stat.diff_mean == pytest.approx(-0.1) and stat.n == 3

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .runs import STATUS_ORDER, VARIANT_KEY, Group, Run
+from .runs import PATTERN_KEY, STATUS_ORDER, VARIANT_KEY, Group, Run
 
 
 class _Absent:
@@ -94,7 +94,7 @@ def label_knobs(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
     keep = []
     for key in knobs:
         values = {_comparable(r.raw_config[key]) for r in runs if r.raw_config is not None and key in r.raw_config}
-        if key != VARIANT_KEY and len(values) > 1:
+        if key not in (VARIANT_KEY, PATTERN_KEY) and len(values) > 1:  # the variant label names both
             keep.append(key)
     return keep
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from .grouping import ABSENT, format_value, is_seed_key
 from .lengths import TAIL_KEY, eval_lengths, losses_by_length
-from .runs import VARIANT_KEY, CompareError, Group, Run
+from .runs import PATTERN_KEY, VARIANT_KEY, CompareError, Group, Run
 
 # t quantiles at 0.975 (two-sided 95%) for 1..30 degrees of freedom; beyond, the Cornish-Fisher series below
 # is within 1e-6 of the exact value.
@@ -185,7 +185,7 @@ def _match(group: Group, candidates: Sequence[Group], knobs: Sequence[str], vari
     Several match (a sweep of attention.num_heads too): keep those that agree on the attention settings both
     variants have. Still several, or none: the group is left unpaired, with the reason."""
     other = [k for k in knobs if not is_seed_key(k) and k != VARIANT_KEY]
-    plain = [k for k in other if not k.startswith("attention.")]
+    plain = [k for k in other if not k.startswith("attention.") and k != PATTERN_KEY]
     found = [b for b in candidates if all(_raw(b, k) == _raw(group, k) for k in plain)]
     if len(found) > 1:
         shared = [k for k in other if k.startswith("attention.")]

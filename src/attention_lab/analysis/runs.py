@@ -35,6 +35,7 @@ from .events import curve_in_tokens, numbers_from_curve, read_events, tokens_per
 METRICS_FILE = "metrics.json"
 HYDRA_DIR = ".hydra"
 VARIANT_KEY = "attention.name"
+PATTERN_KEY = "model.layers"  # a per-layer pattern is part of what the variant is: its label names it
 
 OK, INCOMPLETE, FAILED = "ok", "incomplete", "failed"
 STATUS_ORDER = {OK: 0, INCOMPLETE: 1, FAILED: 2}
@@ -54,6 +55,11 @@ ADDED_SETTINGS: dict[str, Any] = {
     "model.init": "gpt2",
     "model.mlp_hidden": None,
     "model.match_params": None,
+    "attention.qk_norm": False,  # off is also what a variant without these settings does
+    "attention.logit_softcap": 0.0,
+    "attention.sinks": False,
+    "model.layers": None,
+    "model.bias": True,
 }
 UNSUPPORTED = "unsupported"  # metrics.json of a sweep job whose (variant, position) pair cannot exist
 

@@ -24,7 +24,7 @@ from .lengths import (
     tokens_note,
 )
 from .mechanism import induction_cell
-from .runs import FAILED, INCOMPLETE, OK, STATUS_ORDER, VARIANT_KEY, Group, Run
+from .runs import FAILED, INCOMPLETE, OK, PATTERN_KEY, STATUS_ORDER, VARIANT_KEY, Group, Run
 
 # Numbers summarised per seed group: mean ± std over the group's finished runs.
 GROUP_STATS = ("val_loss", "best_val_loss", "val_ppl", "tokens_per_sec", "val_acc")
@@ -204,8 +204,8 @@ def _md_shared(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
 
 
 def _md_runs(runs: Sequence[Run], knobs: Sequence[str]) -> list[str]:
-    # attention.name is the variant column already; in the CSV it stays, for completeness
-    md_knobs = [k for k in knobs if k != VARIANT_KEY]
+    # attention.name (and a model.layers pattern) is the variant column already; in the CSV it stays
+    md_knobs = [k for k in knobs if k not in (VARIANT_KEY, PATTERN_KEY)]
     numbers = RUN_COLUMNS_AFTER[:-2]
     header = ["run", "variant", *md_knobs, *(MD_HEADERS[c] for c in numbers), "status", "note"]
     body = []

@@ -22,6 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..attention import build_attention, get_variant, resolve_knobs
+from ..attention.patterns import layer_settings, pattern_label, pattern_terms
 from ..attention.registry import KNOB_DOCS
 from ..errors import UserError
 from .schema import SECTIONS, EvalSchema, OptimSchema, Rule, RunSchema, data_schema
@@ -83,7 +84,9 @@ def _check_attention(cfg: DictConfig) -> None:
     resolve_knobs(name, settings)  # unknown variant or setting, wrong type -> AttentionConfigError (a UserError)
     context = cfg.model.context_length
     for key, value in settings.items():
-        rule = ATTENTION_RULES[key]
+        rule = ATTENTION_RULES.get(key)
+        if rule is None:  # a variant's own knob: resolve_knobs checked its type, the variant checks its range
+            continue
         if key == "window":  # the advice depends on the real context length
             rule = Rule(
                 rule.kinds, rule.check, f"{rule.expect}; >= model.context_length={context} is plain causal", "32"
@@ -103,6 +106,42 @@ def _check_attention(cfg: DictConfig) -> None:
     # and the position scheme: alibi with linear, rope with an odd head width
     position = {"position": cfg.model.get("position", "learned"), "rope_base": cfg.model.get("rope_base", 10000.0)}
     build_attention(name, cfg.model.d_model, min(cfg.model.context_length, 16), **position, **settings)
+    _check_layers(cfg, position)
+
+
+def attention_label(cfg: DictConfig) -> str:
+    """What a run's attention is called in metrics.json, compare and HParams: the variant, or the per-layer
+    pattern (`sliding_window*3+multihead`) when model.layers is set."""
+    layers = (cfg.get("model") or {}).get("layers")
+    layers = OmegaConf.to_container(layers, resolve=True) if OmegaConf.is_config(layers) else layers
+    return pattern_label(layers, cfg.attention.get("name"))
+
+
+def _check_layers(cfg: DictConfig, position: dict[str, Any]) -> None:
+    """model.layers: every term a variant with valid settings, a length that divides n_layers, each distinct
+    layer buildable with the position scheme; and model.bias=false without attention.qkv_bias."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    attention = OmegaConf.to_container(cfg.attention, resolve=True)
+    if model.get("bias") is False and attention.get("qkv_bias"):
+        raise ConfigError(
+            "model.bias=false removes every bias, but attention.qkv_bias=true asks for one: set "
+            "attention.qkv_bias=false (or model.bias=true)."
+        )
+    if model.get("layers") is None:
+        return
+    for name, own, _ in pattern_terms(model["layers"]):
+        for key, value in own.items():  # a term's own settings, by the rules of the attention.* ones
+            rule = ATTENTION_RULES.get(key)
+            if rule is not None and not (_type_ok(value, rule.kinds) and rule.check(value)):
+                raise ConfigError(
+                    f"model.layers: {name}'s {key}={value!r} is not valid: it must be {rule.expect}, e.g. "
+                    f"{{name: {name}, {key}: {rule.example}}}."
+                )
+    layers = layer_settings(attention, model["layers"], cfg.model.n_layers)
+    distinct = {repr(sorted(layer.items())): layer for layer in layers}
+    for layer in distinct.values():
+        knobs = {key: value for key, value in layer.items() if key != "name"}
+        build_attention(layer["name"], cfg.model.d_model, min(cfg.model.context_length, 16), **position, **knobs)
 
 
 def attention_yaml(name: str) -> str:
@@ -230,7 +269,7 @@ def _check_keys(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f"did you mean {section + '.' if section else ''}{close[0]}? " if close else ""
             names = sorted(f"{section}.{k}" if section else k for k in allowed if not k.startswith("_"))
-            listing = ", ".join(names) if len(names) <= 12 else "run `attention-lab train --cfg job` to see them"
+            listing = ", ".join(names) if len(names) <= 16 else "run `attention-lab train --cfg job` to see them"
             raise ConfigError(f"{name} is not a setting: {hint}remove it (the settings here: {listing}).")
 
 

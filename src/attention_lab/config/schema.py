@@ -78,6 +78,13 @@ class ModelSchema:
     mlp_ratio: int = positive_int("4")
     init: str = setting(str, lambda v: v in INITS, f"one of {', '.join(INITS)}", "gpt2")
     mlp_hidden: int = positive_int("512", optional=True)  # null: mlp_ratio x d_model
+    bias: bool = setting(bool, expect="true or false (bias in every Linear and LayerNorm)", example="false")
+    layers: str = setting(  # or a list (the rule takes both)
+        (str, list),
+        expect="null, a pattern like sliding_window*3+multihead, or a list of variant names",
+        example="sliding_window*3+multihead",
+        optional=True,
+    )
     match_params: str = setting(  # resolved by the task into mlp_hidden (training/param_match.py)
         str,
         lambda v: v in available(),

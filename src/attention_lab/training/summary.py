@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from .. import config
 from .callbacks import Throughput
 from .length_eval import LengthEval
 from .memory import PeakMemory
@@ -108,7 +109,7 @@ class RunSummary(L.Callback):
         last = self.output_dir / "checkpoints" / "last.ckpt"
         metrics = {
             "status": status,
-            "attention": cfg.attention.name,
+            "attention": config.attention_label(cfg),
             "val_loss": final,
             "val_ppl": perplexity(final),
             "last_val_loss": scalar("val/loss"),

@@ -124,6 +124,7 @@ def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
         key: value if isinstance(value, int | float | str | bool) else str(value)
         for key, value in config.flatten(sections).items()
     }
+    flat["model.layers"] = config.attention_label(cfg) if cfg.model.get("layers") is not None else "none"
     flat.update({f"params/{key}": value for key, value in module.model.num_params().items()})
     flat["kv_cache_bytes_per_token"] = module.model.kv_cache_bytes_per_token()
     return flat
@@ -281,7 +282,7 @@ def _record(out: Path, status: str, cfg: DictConfig, exc: BaseException) -> None
             out,
             {
                 "status": status,
-                "attention": cfg.attention.get("name"),
+                "attention": config.attention_label(cfg),
                 "overrides": _overrides(),
                 "error": f"{type(exc).__name__}: {exc}",
             },
@@ -340,7 +341,7 @@ def main(cfg: DictConfig) -> float:
             _remove_new_run_folder(out)
             print(f"error: {err}", file=sys.stderr, flush=True)
             raise SystemExit(USAGE_EXIT) from None
-        record = {"status": sweep.UNSUPPORTED, "attention": cfg.attention.get("name"), "overrides": _overrides()}
+        record = {"status": sweep.UNSUPPORTED, "attention": config.attention_label(cfg), "overrides": _overrides()}
         write_metrics(out, {**record, "position": cfg.model.get("position"), "reason": str(err)})
         log.warning("job skipped, the sweep goes on: %s", err)
     except UserError as err:
