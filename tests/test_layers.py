@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+import attention_lab
 from attention_lab import config
 from attention_lab.attention import AttentionConfigError, build_attention, count_params, resolve_knobs
 from attention_lab.attention.patterns import layer_settings, pattern_label
@@ -178,3 +180,13 @@ def test_bad_settings_are_one_user_error(tmp_path: Path, overrides: list[str], s
 def test_the_label_is_the_pattern_or_the_variant(tmp_path: Path) -> None:
     assert config.attention_label(make_cfg(tmp_path, ["model.layers=[sliding_window*3,multihead]"])) == HYBRID
     assert config.attention_label(make_cfg(tmp_path, ["attention=gqa"])) == "gqa"
+
+
+def test_every_run_of_the_compare_recent_preset_is_valid(tmp_path: Path) -> None:
+    preset = OmegaConf.load(Path(attention_lab.__file__).parent / "conf" / "experiment" / "compare_recent.yaml")
+    values = preset.hydra.sweeper.params["model.layers"].split(",")
+    assert HYBRID in values and len(values) == 6
+    for value in values:
+        cfg = make_cfg(tmp_path, ["experiment=compare_recent", f"model.layers={value}"])
+        config.validate(cfg)
+        assert config.attention_label(cfg) == value

@@ -31,6 +31,7 @@ from tests.training.helpers import make_cfg, tiny
             "compare_modern",
             "compare_positions",
             "compare_matched",
+            "compare_recent",
             "recall",
             "recall_induction",
         )
