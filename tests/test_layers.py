@@ -190,3 +190,18 @@ def test_every_run_of_the_compare_recent_preset_is_valid(tmp_path: Path) -> None
         cfg = make_cfg(tmp_path, ["experiment=compare_recent", f"model.layers={value}"])
         config.validate(cfg)
         assert config.attention_label(cfg) == value
+
+
+def test_the_hparams_name_the_pattern_compactly_and_sum_its_layers(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from attention_lab.training.task import flat_hparams
+
+    cfg = make_cfg(tmp_path, ["model.layers=[sliding_window*3,multihead]", "model.d_model=32"])
+    model = gpt(HYBRID)
+    flat = flat_hparams(cfg, SimpleNamespace(model=model))
+    assert flat["model.layers"] == HYBRID
+    assert flat["kv_cache_bytes_per_token"] == model.kv_cache_bytes_per_token()
+    assert (
+        flat_hparams(make_cfg(tmp_path, ["model.d_model=32"]), SimpleNamespace(model=gpt()))["model.layers"] == "none"
+    )
