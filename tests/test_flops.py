@@ -77,6 +77,32 @@ def test_position_schemes_inside_attention_are_counted(name: str, position: str)
         assert forward_flops(model, 32)["total"] > forward_flops(tiny_gpt(name), 32)["total"]
 
 
+@pytest.mark.parametrize(
+    ("name", "position", "settings"),
+    [
+        ("sdpa", "learned", {"sinks": True}),
+        ("gqa", "alibi", {"sinks": True, "qk_norm": True}),
+        ("latent", "rope", {"sinks": True, "qk_norm": True}),
+        ("sdpa", "learned", {"logit_softcap": 30.0, "sinks": True}),
+        ("multihead", "rope", {"qk_norm": True, "logit_softcap": 30.0, "sinks": True}),
+        ("linear", "learned", {"qk_norm": True}),
+    ],
+)
+def test_softmax_settings_are_counted(name: str, position: str, settings: dict) -> None:
+    """QK-norm, the soft cap and the sink logits add no matrix product; only SDPA's sink key adds one key column per
+    score row (the explicit formula concatenates the sink after the product). The attention layer is exact."""
+    attention = {"name": name, **get_variant(name).knobs, **settings}
+    model = GPT(VOCAB, max(LENGTHS), D_MODEL, 2, attention, position=position).eval()
+    for t in LENGTHS:
+        total, counted_attention = counted(model, t)
+        assert sum(model.blocks[0].attn.forward_flops(t).values()) == counted_attention, f"{name} {settings} T={t}"
+        assert_close(forward_flops(model, t)["total"], total, f"{name} {settings} T={t} model")
+    plain = tiny_gpt(name, position).blocks[0].attn
+    extra = model.blocks[0].attn.forward_flops(32)["mixing"] - plain.forward_flops(32)["mixing"]
+    sdpa_sink = settings.get("sinks") and not settings.get("logit_softcap") and name != "multihead"
+    assert (extra > 0) == bool(sdpa_sink)
+
+
 @pytest.mark.parametrize(("name", "position"), [("sdpa", "learned"), ("linear", "rope"), ("simplified", "learned")])
 def test_training_flops_are_three_forwards(name: str, position: str) -> None:
     """Forward + backward = 3 x forward: each product's backward is two products of its size."""

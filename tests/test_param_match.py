@@ -49,7 +49,8 @@ def test_variants_matched_to_multihead_come_within_one_percent_at_the_closest_wi
 def test_the_baseline_takes_the_settings_it_shares_with_this_run() -> None:
     """num_heads, dropout and qkv_bias come from this run's attention; gqa's num_kv_heads does not exist there."""
     attention = baseline_attention("multihead", {"name": "gqa", "num_heads": 2, "num_kv_heads": 1, "qkv_bias": True})
-    assert attention == {"name": "multihead", "num_heads": 2, "dropout": 0.1, "qkv_bias": True}
+    knobs_off = {"qk_norm": False, "logit_softcap": 0.0, "sinks": False}  # defaults, multihead has them
+    assert attention == {"name": "multihead", "num_heads": 2, "dropout": 0.1, "qkv_bias": True, **knobs_off}
     run = settings("gqa", num_heads=2, num_kv_heads=1, qkv_bias=True)
     match = match_mlp_hidden(run, "multihead")
     assert match.baseline_non_embedding == non_embedding({**run, "attention": attention})

@@ -13,6 +13,7 @@ from .classic import (
     SimplifiedSelfAttention,
     simplified_self_attention,
 )
+from .differential import DifferentialAttention
 from .functional import AttentionConfigError, count_params
 from .fused import FusedAttention, SDPAAttention
 from .grouped import GroupedQueryAttention
@@ -27,12 +28,15 @@ from .registry import (
     get_variant,
     resolve_knobs,
 )
+from .retention import RetentionAttention
+from .sigmoid import SigmoidAttention
 from .sliding_window import SlidingWindowAttention
 
 __all__ = [
     "VARIANTS",
     "AttentionConfigError",
     "CausalAttention",
+    "DifferentialAttention",
     "FusedAttention",
     "GroupedQueryAttention",
     "HeadedAttention",
@@ -40,9 +44,11 @@ __all__ = [
     "LinearAttention",
     "MultiHeadAttention",
     "MultiHeadAttentionWrapper",
+    "RetentionAttention",
     "SDPAAttention",
     "SelfAttentionV1",
     "SelfAttentionV2",
+    "SigmoidAttention",
     "SimplifiedSelfAttention",
     "SlidingWindowAttention",
     "UnsupportedPosition",

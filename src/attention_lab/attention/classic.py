@@ -20,12 +20,14 @@ from .functional import (
     attention_weights,
     causal_allowed,
     check_divisible,
+    check_softcap,
     extend_cache,
     matmul_flops,
     merge_heads,
     softmax_attention_flops,
     split_heads,
 )
+from .knobs import apply_qk_norm, qk_norms, sink_parameter
 from .positions import ALiBi, NoPositions, alibi_slopes, build_positions, take_positions
 
 
@@ -36,6 +38,8 @@ class _ChapterAttention(nn.Module):
         super().__init__()
         # an instance attribute (a class-level module would shadow the one use_positions registers)
         self.position: NoPositions = NoPositions()  # rope / alibi once `use_positions` attached one
+        self.logit_softcap = 0.0  # MultiHeadAttention's optional settings (knobs.py); the others keep them off
+        self.sink_logit: nn.Parameter | None = None
 
     def _init_mask(self, causal: bool, context_length: int | None) -> None:
         self.causal = causal
@@ -50,7 +54,8 @@ class _ChapterAttention(nn.Module):
         """Softmax weights (B, Tq, Tk) of new queries over all keys, with the mask and any position bias."""
         t_q, t_k, device = queries.shape[-2], keys.shape[-2], queries.device
         bias = self.position.bias(t_q, t_k, device)  # (1, Tq, Tk) for one head, or None
-        return attention_weights(queries, keys, self._allowed(t_q, t_k, device), scale, bias)
+        allowed = self._allowed(t_q, t_k, device)
+        return attention_weights(queries, keys, allowed, scale, bias, self.logit_softcap, self.sink_logit)
 
     def _head_shape(self) -> tuple[int, int]:
         """(heads, width of one head): what rope rotates and how many alibi slopes."""
@@ -228,7 +233,13 @@ class MultiHeadAttentionWrapper(_ChapterAttention):
 
 
 class MultiHeadAttention(_ChapterAttention):
-    """One module for all heads: project once, split by view/transpose, attend, merge, project out."""
+    """One module for all heads: project once, split by view/transpose, attend, merge, project out.
+
+    Keyword-only, off by default (the chapter's signature and numbers are unchanged): `qk_norm` (RMSNorm of q
+    and k per head, before rope), `logit_softcap` (c * tanh(s / c) on the scaled scores, before the bias and
+    mask) and `sinks` (a learned per-head logit in every softmax row; the weights then sum to 1 - sink mass).
+    Their parameters are created after the chapter's, so its seeds still give its numbers. See knobs.py.
+    """
 
     def __init__(
         self,
@@ -238,6 +249,10 @@ class MultiHeadAttention(_ChapterAttention):
         dropout: float,
         num_heads: int,
         qkv_bias: bool = False,
+        *,
+        qk_norm: bool = False,
+        logit_softcap: float = 0.0,
+        sinks: bool = False,
     ):
         super().__init__()
         self.head_dim = check_divisible(d_out, num_heads)
@@ -248,10 +263,16 @@ class MultiHeadAttention(_ChapterAttention):
         self.out_proj = nn.Linear(d_out, d_out)
         self.dropout = nn.Dropout(dropout)
         self._init_mask(True, context_length)
+        self.q_norm, self.k_norm = qk_norms(qk_norm, self.head_dim)  # (None, None) when off
+        self.logit_softcap = check_softcap(logit_softcap)
+        self.sink_logit = sink_parameter(sinks, num_heads)  # (H,) or None
+        if sinks:
+            self.weights_sum_to_one = False  # rows sum to 1 - sink mass
 
     def _attend(self, x, cache):
         queries = split_heads(self.W_query(x), self.num_heads)  # (B, H, T, hd)
-        queries, keys = self._rotated(queries, split_heads(self.W_key(x), self.num_heads), cache)
+        keys = split_heads(self.W_key(x), self.num_heads)
+        queries, keys = self._rotated(*apply_qk_norm(self.q_norm, self.k_norm, queries, keys), cache)
         keys, values = extend_cache(cache, 2, k=keys, v=split_heads(self.W_value(x), self.num_heads))
         weights = self._weights(queries, keys)  # (B, H, T, T)
         context = merge_heads(self.dropout(weights) @ values)  # (B, T, d_out)

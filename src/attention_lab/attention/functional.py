@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import UserError
+from .knobs import softcap as cap_scores
+from .knobs import softmax_with_sink
 
 
 class AttentionConfigError(UserError):
@@ -33,6 +35,16 @@ def check_divisible(width: int, num_heads: int, width_name: str = "d_out") -> in
             f"divisor of {width} (one of {divisors(width)}) or change the width (model.d_model)."
         )
     return width // num_heads
+
+
+def check_softcap(logit_softcap: float) -> float:
+    """The soft cap as a float, or raise: 0 is off, a positive c caps the scores at +-c."""
+    if isinstance(logit_softcap, bool) or not isinstance(logit_softcap, int | float) or logit_softcap < 0:
+        raise AttentionConfigError(
+            f"logit_softcap={logit_softcap!r} must be a number >= 0: set attention.logit_softcap to 0 (off) or "
+            "to a positive cap such as 50 (Gemma 2's)."
+        )
+    return float(logit_softcap)
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -64,19 +76,27 @@ def causal_allowed(t_q: int, t_k: int | None = None, window: int | None = None, 
 
 
 def attention_weights(
-    q: Tensor, k: Tensor, allowed: Tensor | None, scale: float | None = None, bias: Tensor | None = None
+    q: Tensor,
+    k: Tensor,
+    allowed: Tensor | None,
+    scale: float | None = None,
+    bias: Tensor | None = None,
+    softcap: float = 0.0,
+    sink: Tensor | None = None,
 ) -> Tensor:
-    """softmax(q k^T * scale + bias) with disallowed positions removed; post-softmax, pre-dropout.
+    """softmax(cap(q k^T * scale) + bias) with disallowed positions removed; post-softmax, pre-dropout.
 
     q: (B, H, Tq, hd), k: (B, H, Tk, hd), allowed: (Tq, Tk) bool, bias: (H, Tq, Tk) float -> (B, H, Tq, Tk).
+    `softcap` c > 0 caps the scaled scores at c * tanh(s / c) before the bias (see knobs.py); `sink` (H,) joins
+    each row as one more logit whose column is dropped after the softmax, so rows then sum to 1 - sink mass.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    scores = cap_scores((q @ k.transpose(-2, -1)) * scale, softcap)  # (B, H, Tq, Tk)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)  # the bias is built in float32; keep the scores' dtype
     if allowed is not None:
         scores = scores.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(scores, dim=-1)
+    return softmax_with_sink(scores, sink)
 
 
 def float_mask(allowed: Tensor, bias: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:

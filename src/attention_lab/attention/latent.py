@@ -7,6 +7,12 @@ layer does what MLA does: a *decoupled* rotary part. Each query head gets `rope_
 concatenated to the content parts, so scores are (q_c . k_c + q_r . k_r) / sqrt(head_dim + rope_dim). The cache
 then holds the latent and the rotated shared key: latent_dim + rope_dim numbers per token. rope_dim is
 head_dim / 2 (rounded down to even), DeepSeek-V2's ratio. The other schemes need no extra parameters.
+
+`qk_norm` normalises the content parts only: q_c per query head and k_c per head after the up-projection (over
+head_dim), before they are concatenated with the rotary parts, which stay as they are (one shared rotary key of
+rope_dim features has no head to normalise per, and its norm is what rope's relative angle acts on). K is
+re-expanded from the cached latent at every step and normalised afresh, so the cache is unchanged. The soft cap
+and sinks act on the scores, as in every softmax variant.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import Tensor, nn
 
 from .base import HeadedAttention
 from .functional import AttentionConfigError, extend_cache, matmul_flops, softmax_attention_flops, split_heads
+from .knobs import apply_qk_norm
 from .positions import Rotary, take_positions
 
 
@@ -53,11 +60,12 @@ class LatentAttention(HeadedAttention):
             (latent,) = extend_cache(cache, 1, latent=self.W_down_kv(x))  # (B, Tk, latent_dim)
             k = split_heads(self.W_up_key(latent), self.num_heads)
             v = split_heads(self.W_up_value(latent), self.num_heads)
-            return q, k, v
+            return (*apply_qk_norm(self.q_norm, self.k_norm, q, k), v)
         q_rope = split_heads(self.W_query_rope(x), self.num_heads)  # (B, H, T, rope_dim)
         q_rope, k_rope = self.position.rotate(q_rope, self.W_key_rope(x), start=start)  # k_rope (B, T, rope_dim)
         latent, k_rope = extend_cache(cache, 1, latent=self.W_down_kv(x), k_rope=k_rope)  # (B, Tk, .)
         k = split_heads(self.W_up_key(latent), self.num_heads)  # (B, H, Tk, hd)
+        q, k = apply_qk_norm(self.q_norm, self.k_norm, q, k)  # the content parts only
         shared = k_rope[:, None].expand(-1, self.num_heads, -1, -1)  # (B, H, Tk, rope_dim)
         v = split_heads(self.W_up_value(latent), self.num_heads)
         return torch.cat((q, q_rope), dim=-1), torch.cat((k, shared), dim=-1), v
@@ -69,8 +77,8 @@ class LatentAttention(HeadedAttention):
         """Q and out_proj are d x d; the latent costs d x latent_dim down and 2 x latent_dim x d up (K and V are
         re-expanded for every key: in training, once per token). Decoupled rope adds d x (H * rope_dim) for the
         rotary queries and d x rope_dim for the one shared rotary key, and widens each head's scores to
-        head_dim + rope_dim; the context stays head_dim wide."""
+        head_dim + rope_dim; the context stays head_dim wide. Sinks under SDPA score one zero key more."""
         d, latent, rope = self.d_model, self.latent_dim, self.rope_dim
         projections = matmul_flops(t, d, 2 * d + latent + (self.num_heads + 1) * rope) + matmul_flops(t, latent, 2 * d)
-        mixing = softmax_attention_flops(t, t, self.num_heads, self.head_dim + rope, self.head_dim)
+        mixing = softmax_attention_flops(t, self._keys_scored(t), self.num_heads, self.head_dim + rope, self.head_dim)
         return {"projections": projections, "mixing": mixing}

@@ -7,6 +7,10 @@ the earlier chunks' (S, z). Memory is O(T * C + T / C * hd^2), linear in T, with
 per-token prefix sum would hold a (T, hd, hd) state and be ~10x slower at T = 256. The KV cache is the
 running (S, z). Dropout has no weights to act on in this form, so it is applied to the context before
 `out_proj`.
+
+Of the softmax variants' three settings (knobs.py) only `qk_norm` applies: q and k are RMS-normalised per head
+before the feature map (and rope). `logit_softcap` and `sinks` act on softmax logits, and there are none here:
+both are refused.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import Tensor
 
 from .base import HeadedAttention
 from .functional import AttentionConfigError, matmul_flops, merge_heads
+from .knobs import apply_qk_norm
 from .positions import Rotary, take_positions
 
 EPS = 1e-6
@@ -28,6 +33,25 @@ def feature_map(x: Tensor) -> Tensor:
 
 class LinearAttention(HeadedAttention):
     kernel = "linear"  # chunked prefix sums of phi(q) phi(k)^T: no (T, T) matrix in training
+
+    def __init__(
+        self,
+        d_model: int,
+        context_length: int,
+        num_heads: int,
+        *args,
+        logit_softcap: float = 0.0,
+        sinks: bool = False,
+        **kwargs,
+    ):
+        for setting, value, off in (("logit_softcap", logit_softcap, 0.0), ("sinks", sinks, False)):
+            if value != off:
+                raise AttentionConfigError(
+                    f"attention=linear cannot use attention.{setting}={value!r}: it acts on softmax logits, and "
+                    "linear attention has no score matrix or softmax (phi(q) phi(k)^T is normalised by a sum). "
+                    f"Set attention.{setting}={str(off).lower()}, or use a softmax variant (sdpa, gqa, ...)."
+                )
+        super().__init__(d_model, context_length, num_heads, *args, **kwargs)
 
     def use_positions(self, scheme: str, rope_base: float = 10000.0) -> None:
         if scheme == "alibi":
@@ -46,6 +70,7 @@ class LinearAttention(HeadedAttention):
             )
         start = take_positions(cache, x.shape[1])
         q, k, v = self._qkv(x)  # the cache holds running sums, not keys
+        q, k = apply_qk_norm(self.q_norm, self.k_norm, q, k)  # per head, before the feature map
         q, k = feature_map(q), feature_map(k)
         # rope, as RoFormer (eq. 19) pairs it with linear attention: rotate phi(q), phi(k) in the numerator
         # only; the denominator keeps phi(q) . phi(k) > 0. Without rope both are the same tensors.

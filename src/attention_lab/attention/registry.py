@@ -23,17 +23,22 @@ from .classic import (
     SelfAttentionV2,
     SimplifiedSelfAttention,
 )
+from .differential import DifferentialAttention
 from .functional import AttentionConfigError, check_divisible
 from .fused import FusedAttention, SDPAAttention
 from .grouped import GroupedQueryAttention
 from .latent import LatentAttention
 from .linear import LinearAttention
 from .positions import POSITIONS
+from .retention import RetentionAttention
+from .sigmoid import SigmoidAttention
 from .sliding_window import SlidingWindowAttention
 
 log = logging.getLogger(__name__)
 
 HEADS = {"num_heads": 4, "dropout": 0.1, "qkv_bias": False}
+# The softmax variants' optional settings (attention/knobs.py), all off: off, outputs are exactly as without them.
+SOFTMAX_KNOBS = {"qk_norm": False, "logit_softcap": 0.0, "sinks": False}
 
 # What each setting means, for the generated conf/attention/*.yaml (one line each).
 KNOB_DOCS = {
@@ -44,6 +49,10 @@ KNOB_DOCS = {
     "num_kv_heads": "K/V heads shared by groups of query heads; must divide num_heads",
     "window": "keys each query sees, itself included (>= context_length: full causal)",
     "latent_dim": "width of the cached latent that K and V are expanded from",
+    "qk_norm": "RMS-normalise q and k per head (learned scale) before rope",
+    "logit_softcap": "c > 0: scores -> c tanh(scores / c) pre-softmax (SDPA runs explicit); 0 = off; linear refuses",
+    "sinks": "a learned per-head logit joins each softmax row, absorbing mass (rows sum < 1); linear refuses",
+    "chunk_size": "tokens per chunk of the training path: memory O(T * chunk_size), no (T, T) matrix",
 }
 
 
@@ -128,44 +137,52 @@ VARIANTS: dict[str, Variant] = {
         ),
         Variant(
             "multihead",
-            lambda d, ctx, num_heads, dropout, qkv_bias: MultiHeadAttention(d, d, ctx, dropout, num_heads, qkv_bias),
-            dict(HEADS),
+            lambda d, ctx, num_heads, dropout, qkv_bias, **knobs: MultiHeadAttention(
+                d, d, ctx, dropout, num_heads, qkv_bias, **knobs
+            ),
+            {**HEADS, **SOFTMAX_KNOBS},
             "one module, heads by view/transpose, out_proj",
             "Vaswani et al. 2017",
         ),
-        Variant("fused", FusedAttention, dict(HEADS), "one QKV projection, explicit softmax", "GPT-2 / nanoGPT"),
+        Variant(
+            "fused",
+            FusedAttention,
+            {**HEADS, **SOFTMAX_KNOBS},
+            "one QKV projection, explicit softmax",
+            "GPT-2 / nanoGPT",
+        ),
         Variant(
             "sdpa",
             SDPAAttention,
-            dict(HEADS),
+            {**HEADS, **SOFTMAX_KNOBS},
             "one QKV projection + F.scaled_dot_product_attention",
             "Dao et al. 2022 (FlashAttention)",
         ),
         Variant(
             "gqa",
             GroupedQueryAttention,
-            {**HEADS, "num_kv_heads": 2},
+            {**HEADS, "num_kv_heads": 2, **SOFTMAX_KNOBS},
             "query heads share num_kv_heads K/V heads",
             "Ainslie et al. 2023",
         ),
         Variant(
             "mqa",
             lambda d, ctx, **kw: GroupedQueryAttention(d, ctx, num_kv_heads=1, **kw),
-            dict(HEADS),
+            {**HEADS, **SOFTMAX_KNOBS},
             "all query heads share one K/V head",
             "Shazeer 2019",
         ),
         Variant(
             "sliding_window",
             SlidingWindowAttention,
-            {**HEADS, "window": 32},
+            {**HEADS, "window": 32, **SOFTMAX_KNOBS},
             "causal band: each query sees the last `window` keys",
             "Beltagy et al. 2020",
         ),
         Variant(
             "linear",
             LinearAttention,
-            dict(HEADS),
+            {**HEADS, **SOFTMAX_KNOBS},  # qk_norm applies; the class refuses logit_softcap and sinks (no softmax)
             "phi(q) phi(k)^T with prefix sums, O(T) memory",
             "Katharopoulos et al. 2020",
             positions=("learned", "sinusoidal", "rope", "none"),
@@ -174,9 +191,33 @@ VARIANTS: dict[str, Variant] = {
         Variant(
             "latent",
             LatentAttention,
-            {**HEADS, "latent_dim": 32},
+            {**HEADS, "latent_dim": 32, **SOFTMAX_KNOBS},
             "K/V expanded from a cached low-rank latent (MLA)",
             "DeepSeek-AI 2024",
+        ),
+        Variant(
+            "differential",
+            DifferentialAttention,
+            dict(HEADS),
+            "softmax(Q1 K1^T) - lambda softmax(Q2 K2^T) per head, then per-head RMSNorm",
+            "Ye et al. 2024 (Differential Transformer)",
+        ),
+        Variant(
+            "sigmoid",
+            SigmoidAttention,
+            dict(HEADS),
+            "sigmoid(q k^T / sqrt(hd) - log n) per key, rows not normalised",
+            "Ramapuram et al. 2024",
+        ),
+        Variant(
+            "retention",
+            RetentionAttention,
+            {**HEADS, "chunk_size": 64},
+            "RetNet: q k^T decayed by gamma_h^distance, per-head GroupNorm, swish gate; O(T) memory",
+            "Sun et al. 2023",
+            positions=("learned", "sinusoidal", "rope", "none"),
+            refuses="alibi biases softmax scores, and retention has no softmax (it already decays each head's "
+            "scores with distance)",
         ),
     ]
 }
@@ -215,6 +256,11 @@ def resolve_knobs(name: str, knobs: dict[str, Any]) -> dict[str, Any]:
             raise AttentionConfigError(
                 f"attention.{key}={value!r} should be {article} {expected.__name__} (default {variant.knobs[key]!r})."
             )
+    if resolved.get("logit_softcap", 0.0) < 0:
+        raise AttentionConfigError(
+            f"attention.logit_softcap={resolved['logit_softcap']} must be >= 0: set it to 0 (off) or to a positive cap "
+            "such as 50 (Gemma 2's)."
+        )
     if "dropout" in resolved and not 0.0 <= resolved["dropout"] < 1.0:
         raise AttentionConfigError(f"attention.dropout={resolved['dropout']} must be in [0, 1).")
     return resolved
