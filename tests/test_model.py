@@ -186,6 +186,9 @@ def test_gpt2_initialisation(name: str) -> None:
     residual_std = 0.02 / math.sqrt(2 * n_layers)
     seen_residual = 0
     for param_name, param in model.named_parameters():
+        if param_name.rsplit(".", 1)[-1] in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            assert param.std().item() == pytest.approx(0.1, rel=0.5), param_name  # differential's N(0, 0.1)
+            continue
         if param.dim() < 2:  # biases zero, LayerNorm weight one / bias zero
             expected = 1.0 if ("norm" in param_name and param_name.endswith("weight")) else 0.0
             torch.testing.assert_close(param.detach(), torch.full_like(param, expected), msg=param_name)

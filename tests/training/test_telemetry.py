@@ -263,3 +263,12 @@ def test_a_tiny_run_logs_mech_scalars_and_writes_the_mechanism_record(tmp_path: 
     assert mechanism["induction_best_head"] in {"L0H0", "L0H1", "L1H0", "L1H1"}
     scalars = read_events(run)["scalars"]
     assert {"mech/induction_best", "mech/sink_mass_mean", "mech_heads/prev_token/L1H1"} <= scalars
+
+
+def test_a_signed_unnormalised_map_is_scored_on_its_magnitude_shares() -> None:
+    from attention_lab.training.telemetry import magnitude_shares
+
+    signed = torch.tensor([[[[1.0, 0.0], [-3.0, 1.0]]]])  # (1, 1, 2, 2): a differential-style row with a negative entry
+    shares = magnitude_shares(signed)
+    torch.testing.assert_close(shares, torch.tensor([[[[1.0, 0.0], [0.75, 0.25]]]]))
+    assert prev_token_score(shares).item() == pytest.approx(0.75)

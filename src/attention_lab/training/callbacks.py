@@ -81,13 +81,22 @@ class AttentionMaps(L.Callback):
         tb, step, scalars = tensorboard(trainer), logging_step(trainer), {}
         for layer, w in enumerate(weights):
             w = w[0].float()  # (H, T, T)
-            for head, value in enumerate(attention_entropy(w).tolist()):
-                scalars[f"attention_entropy/layer_{layer}/head_{head}"] = value
+            scalars.update(entropy_scalars(model.blocks[layer].attn, layer, w))
             if tb is not None:
                 image = attention_grid(w.cpu(), labels, title=f"layer {layer} - step {step}")
                 tb.experiment.add_image(f"attention/layer_{layer}", image, step, dataformats="HWC")
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step)
+
+
+def entropy_scalars(attention: torch.nn.Module, layer: int, weights: torch.Tensor) -> dict[str, float]:
+    """Per-head entropy of one layer's (H, T, T) map, or nothing when the map is not a distribution per row:
+    sigmoid, differential and decayed (retention) maps, or a softmax whose sink took some mass. Their "entropy"
+    would mean nothing, and a differential map's negative entries make it NaN."""
+    if not getattr(attention, "weights_sum_to_one", True):
+        return {}
+    values = attention_entropy(weights).tolist()
+    return {f"attention_entropy/layer_{layer}/head_{head}": value for head, value in enumerate(values)}
 
 
 class TextSample(L.Callback):

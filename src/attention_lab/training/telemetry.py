@@ -9,6 +9,10 @@ the previous occurrence, and so predicts the next token. Four scores per head, e
 - sink mass: mean over queries i >= 1 of the weight on key 0 (query 0 can only attend to itself);
 - mean attention distance: mean over all queries i of sum_j w[i, j] * (i - j), in tokens.
 
+Maps that are not a distribution per row (sigmoid, differential, retention's decayed scores, a softmax whose sink
+took mass) are scored on each row's share of its magnitude, |w| / sum |w|: where the map puts its weight, on the
+same 0..1 scale as a softmax head's.
+
 Scores are averaged over the probe's sequences as well as its positions: one number per head, less noisy
 than one sequence. The functions here are pure (tensor in, tensor out); `MechanismTelemetry` runs them once
 per validation (one no-grad forward of the probe, rank 0 only) and never during training steps.
@@ -96,6 +100,23 @@ SCORE_FUNCTIONS = {
 }
 
 
+def magnitude_shares(weights: Tensor) -> Tensor:
+    """|w| / sum |w| per row: a map that is not a distribution (signed, unnormalised) as one, for the scores."""
+    magnitude = weights.detach().float().abs()
+    return magnitude / magnitude.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def as_distributions(model: torch.nn.Module, layer_weights: list[Tensor]) -> list[Tensor]:
+    """Each layer's map, as magnitude shares where its attention says its rows do not sum to 1."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        return layer_weights
+    return [
+        w if getattr(block.attn, "weights_sum_to_one", True) else magnitude_shares(w)
+        for block, w in zip(blocks, layer_weights, strict=True)
+    ]
+
+
 def mechanism_scores(layer_weights: list[Tensor]) -> dict[str, Tensor]:
     """Every score for every layer: {score: (n_layers, H)} from per-layer weights (B, H, T, T)."""
     return {name: torch.stack([fn(w) for w in layer_weights]) for name, fn in SCORE_FUNCTIONS.items()}
@@ -170,7 +191,7 @@ class MechanismTelemetry(L.Callback):
                 _, weights = model(probe.to(next(model.parameters()).device), return_weights=True)
         finally:
             model.train(was_training)
-        return mechanism_scores(weights)  # per layer (B, H, 2L, 2L) -> {score: (n_layers, H)}
+        return mechanism_scores(as_distributions(model, weights))  # per layer (B, H, 2L, 2L) -> {score: (n_layers, H)}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or not finite_weights(pl_module):
