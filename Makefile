@@ -2,20 +2,30 @@
 # Each target creates .venv when it is missing and installs the project into it.
 PYTHON ?= python3
 VENV   ?= .venv
-# Which torch to install. The default is the normal PyPI release; CI on a CPU-only machine pins the
-# CPU build it finds on disk (`TORCH=torch==2.13.0`, see .ci/run).
+# Which torch to install: a pip spec, options included. The default is the normal PyPI release (CUDA on
+# Linux); CI on a CPU-only machine pins the CPU build it finds on disk (`TORCH=torch==2.13.0`, see .ci/run); a
+# CPU-only user: `make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH  ?= torch
+# Extras installed with the project: dev (tests, lint) always; add launchers / tune / loggers or all, e.g.
+# `make install EXTRAS=dev,all` (what CI does). The core install stays lean.
+EXTRAS ?= dev
 BIN    := $(VENV)/bin
 
-.PHONY: train test test-fast lint benchmark clean install
+.PHONY: train test test-fast lint benchmark clean install FORCE
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# What was installed, so that a different TORCH or EXTRAS reinstalls (the file changes only when they do).
+SPEC := torch: $(TORCH) | extras: $(EXTRAS)
+$(VENV)/.spec: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(SPEC)' | cmp -s - $@ || echo '$(SPEC)' > $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.spec
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 train: install
