@@ -127,6 +127,33 @@ def test_knobs_follow_width_and_heads():
     assert variant_knobs("simplified", cfg) == {"causal": True}
 
 
+def test_sliding_dense_times_the_dense_band_beside_the_blocked_kernel():
+    """The blocked kernel's activation memory grows as T (T -> 4T: 4x), the dense band's (T, T) mask as T^2."""
+    result = run_benchmark(tiny(variants=["sliding_window", "sdpa"], sliding_dense=True, repeats=1))
+    assert list(result["variants"]) == ["sliding_window", "sliding_window_dense", "sdpa"]
+    assert result["config"]["sliding_dense"] is True
+    blocked, dense = result["variants"]["sliding_window"], result["variants"]["sliding_window_dense"]
+    assert (blocked["kernel"], dense["kernel"]) == ("local", "sdpa (dense band)")
+    assert blocked["verified"] is True and dense["verified"] is True
+    growth = {
+        name: v["points"][str(LENGTHS[1])]["saved_bytes"] / v["points"][str(LENGTHS[0])]["saved_bytes"]
+        for name, v in result["variants"].items()
+    }
+    length_ratio = LENGTHS[1] / LENGTHS[0]
+    assert growth["sliding_window"] == pytest.approx(length_ratio, rel=0.25)
+    assert growth["sliding_window_dense"] > 1.5 * length_ratio  # 7.9 here: the (T, T) mask beside O(T) tensors
+
+
+def test_windowed_variants_are_verified_past_two_windows(monkeypatch):
+    """Verification at T = 2 * window + 1 reaches the blocked kernel: a wrong one fails and is not timed."""
+    from attention_lab.attention import sliding_window
+
+    monkeypatch.setattr(sliding_window, "local_attention", lambda q, k, v, *args: torch.zeros_like(q))
+    result = run_benchmark(tiny(variants=["sliding_window"], lengths=[16, 64], window=16, repeats=1))
+    assert result["variants"]["sliding_window"]["verified"] is False
+    assert result["variants"]["sliding_window"]["points"]["16"]["status"] == "skipped"
+
+
 TINY_ARGV = ["attention", "--variants", "sdpa", "--lengths", "16", "32", "--d-model", "16", "--heads", "2"]
 TINY_ARGV += ["--repeats", "1", "--threads", "1"]
 
@@ -137,6 +164,14 @@ def test_script_entry_point(tmp_path):
     result = json.loads((tmp_path / "benchmark.json").read_text())
     assert result["command"].startswith("attention-lab bench attention --variants sdpa")
     assert result["config"]["repeats"] == 1 and result["config"]["lengths"] == [16, 32]
+
+
+def test_sliding_dense_flag(tmp_path):
+    argv = ["attention", "--variants", "sliding_window", "--sliding-dense", "--window", "4", "--lengths", "16"]
+    assert main([*argv, "--d-model", "16", "--heads", "2", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "benchmark.json").read_text())
+    assert list(result["variants"]) == ["sliding_window", "sliding_window_dense"]
+    assert all(p["status"] == "ok" for v in result["variants"].values() for p in v["points"].values())
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes]]:

@@ -20,6 +20,10 @@ How, so that the numbers can be trusted on a shared, noisy machine:
 - `time.perf_counter`, with the device synchronised around each call (`timing.timed`);
 - a variant is skipped at the next length once its predicted time there exceeds `max_seconds_per_point`,
   and after an out-of-memory error; skipped points are recorded with the reason.
+
+`sliding_dense=True` (`--sliding-dense`) adds the row `sliding_window_dense`: sliding_window with its blocked
+kernel switched off (`blocked = False`), i.e. the dense (T, T) band mask through SDPA it replaced, timed in the
+same rounds so that the two can be compared point by point.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ TOLERANCE = {"float32": 1e-5, "bfloat16": 3e-2, "float16": 5e-3}
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048, 4096)  # CPU
 GPU_LENGTHS = (*DEFAULT_LENGTHS, 8192, 16384)
 VERIFY_BATCH, VERIFY_LENGTH = 2, 64
+DENSE_BAND = "sliding_window_dense"  # the row of `sliding_dense`: sliding_window with blocked = False
 
 MEMORY_METRIC = (
     "saved_bytes: bytes of the distinct tensor storages autograd saves for backward in one forward pass "
@@ -75,6 +80,7 @@ class BenchConfig:
     verify: bool = True
     seed: int = 0
     threads: int | None = None  # torch intra-op threads; None keeps torch's default (recorded in the JSON)
+    sliding_dense: bool = False  # also time sliding_window's dense (T, T) band, as the row `sliding_window_dense`
 
 
 # --- building -----------------------------------------------------------------------------------------
@@ -95,14 +101,28 @@ def variant_knobs(name: str, cfg: BenchConfig) -> dict[str, Any]:
     return {key: value for key, value in wanted.items() if key in accepted}
 
 
-def build_module(name: str, cfg: BenchConfig, context_length: int) -> nn.Module:
+def rows(cfg: BenchConfig) -> list[tuple[str, str]]:
+    """(row name, variant) per row of the results: the variants, and with `sliding_dense` the dense band right
+    after sliding_window (or last)."""
+    out = [(name, name) for name in cfg.variants]
+    if cfg.sliding_dense:
+        at = cfg.variants.index("sliding_window") + 1 if "sliding_window" in cfg.variants else len(out)
+        out.insert(at, (DENSE_BAND, "sliding_window"))
+    return out
+
+
+def build_module(name: str, cfg: BenchConfig, context_length: int, row: str | None = None) -> nn.Module:
+    """Variant `name` at the benchmark's settings; the row `sliding_window_dense` gets its blocked kernel off."""
     module = build_attention(name, cfg.d_model, context_length, **variant_knobs(name, cfg))
+    if row == DENSE_BAND:
+        module.blocked = False
     return module.to(device=cfg.device, dtype=DTYPES[cfg.dtype])
 
 
 def kernel_of(module: nn.Module) -> str:
-    """What the training path computes with: "explicit" (materialises (B, H, T, T)), "sdpa" or "linear"."""
-    return getattr(module, "kernel", "explicit")  # the chapter's classes are all explicit
+    """What the training path computes with: "explicit" (materialises (B, H, T, T)), "sdpa" or "linear"; an SDPA
+    variant with attention.logit_softcap says "explicit (logit_softcap)" (its `kernel_in_use`)."""
+    return getattr(module, "kernel_in_use", getattr(module, "kernel", "explicit"))  # the chapter's: all explicit
 
 
 # --- verification -------------------------------------------------------------------------------------
@@ -112,10 +132,13 @@ def verify(module: nn.Module, cfg: BenchConfig) -> tuple[bool, float]:
     """Does the training path (fast kernel) agree with the explicit formula? Returns (ok, relative error).
 
     The reference is `forward(x, return_weights=True)` of a float32 copy, so a low-precision run is
-    checked against exact arithmetic; the tolerance is relative to the largest output.
+    checked against exact arithmetic; the tolerance is relative to the largest output. A windowed variant is
+    checked past two windows (2 * window + 1, capped at the longest length), so that its blocked kernel, with a
+    partial last block, is what gets checked rather than the plain causal path of short sequences.
     """
     gen = torch.Generator().manual_seed(cfg.seed)
-    t = min(VERIFY_LENGTH, max(cfg.lengths))
+    window = getattr(module, "window", None) or 0
+    t = min(max(VERIFY_LENGTH, 2 * window + 1), max(cfg.lengths))
     x = torch.randn(VERIFY_BATCH, t, cfg.d_model, generator=gen).to(cfg.device)  # (B, T, d)
     reference_module = copy.deepcopy(module).float().eval()
     was_training = module.training
@@ -226,9 +249,9 @@ def _predicted_seconds(entry: _Entry, t: int, calls: int) -> float:
 def _make_entries(cfg: BenchConfig) -> list[_Entry]:
     entries = []
     element_bytes = torch.empty((), dtype=DTYPES[cfg.dtype]).element_size()
-    for name in cfg.variants:
+    for row, name in rows(cfg):
         torch.manual_seed(cfg.seed)
-        module = build_module(name, cfg, max(cfg.lengths))
+        module = build_module(name, cfg, max(cfg.lengths), row)
         info: dict[str, Any] = {
             "knobs": variant_knobs(name, cfg),
             "kernel": kernel_of(module),
@@ -237,11 +260,11 @@ def _make_entries(cfg: BenchConfig) -> list[_Entry]:
             "verified": None,
             "verify_rel_error": None,
         }
-        entry = _Entry(name, module, info)
+        entry = _Entry(row, module, info)
         if cfg.verify:
             ok, error = verify(module, cfg)
             info["verified"], info["verify_rel_error"] = ok, error
-            log.info("verify %-18s rel. error %.2e %s", name, error, "ok" if ok else "FAILED: not timed")
+            log.info("verify %-18s rel. error %.2e %s", row, error, "ok" if ok else "FAILED: not timed")
             if not ok:
                 entry.skip_reason = f"failed verification (rel. error {error:.2e} > {TOLERANCE[cfg.dtype]:.0e})"
         entries.append(entry)
