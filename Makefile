@@ -11,7 +11,7 @@ TORCH  ?= torch
 EXTRAS ?= dev
 BIN    := $(VENV)/bin
 
-.PHONY: train test test-fast lint benchmark clean install FORCE
+.PHONY: train test test-fast lint benchmark gpu-check clean install FORCE
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ lint: install
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
+
+# GPU readiness in 8 minutes at most (README: "GPU readiness in one command"); exit 2 without CUDA.
+# Options through GPU_CHECK_ARGS, e.g. make gpu-check GPU_CHECK_ARGS="--only tests bench"
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

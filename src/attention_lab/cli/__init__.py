@@ -4,6 +4,7 @@ train      Hydra overrides (key=value, -m for sweeps), exactly as `python script
 generate   sample from a checkpoint (--flags)
 compare    tables and plots of runs and sweeps (--flags)
 bench      attention, generation and loop-overhead benchmarks (--flags)
+gpu-check  GPU readiness: GPU tests, a bf16 + compile GPT-2 run, the attention benchmark (--flags)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import USAGE_EXIT
 
-COMMANDS = ("train", "generate", "compare", "bench")
+COMMANDS = ("train", "generate", "compare", "bench", "gpu-check")
 USAGE = f"usage: attention-lab {{{','.join(COMMANDS)}}} [args...]   (attention-lab <command> --help for its settings)"
 
 
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .compare import main as run
     elif command == "bench":
         from .bench import main as run
+    elif command == "gpu-check":
+        from .gpu_check import main as run
     else:
         print(f"error: unknown command {command!r}: choose one of {', '.join(COMMANDS)}.\n{USAGE}", file=sys.stderr)
         return USAGE_EXIT
