@@ -4,7 +4,8 @@ Convention (that of `torch.utils.flop_counter` and of the "6N" rule of Kaplan et
 count, 2 * m * k * n for an (m, k) @ (k, n) product; softmax, masks, norms, GELU, rope, biases and embedding
 lookups are elementwise and left out. Attention's (T, T) products are counted whole, as every path here computes
 them (the explicit formula masks after the product, SDPA's math path too; the flop counter counts SDPA's fused
-kernels the same way, causal or not), so causal and sliding-window attention cost what full attention costs.
+kernels the same way, causal or not), so causal attention costs what full attention costs. sliding_window's
+blocked kernel computes only its blocks (each block of w queries against 2w keys) once T > w: O(T * w).
 
 A training step is forward + backward = 3 x forward: the backward of each product computes two products of the
 same size (the gradients of both operands), and nothing is recomputed (no activation checkpointing). Flash
