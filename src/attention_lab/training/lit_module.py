@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..model import GPT
 from .accuracy import IGNORE_INDEX, AnswerAccuracy, answer_counts, batch_mean, wants_accuracy
-from .optim import adamw_param_groups, effective_warmup, lr_lambda
+from .optim import build_adamw, effective_warmup, lr_lambda
 
 
 class GPTLitModule(L.LightningModule):
@@ -96,11 +96,7 @@ class GPTLitModule(L.LightningModule):
 
     def configure_optimizers(self):
         cfg = self.hparams.optim
-        groups = adamw_param_groups(self.model, cfg["weight_decay"])
-        # fused AdamW on CUDA, except under mixed precision: Lightning cannot clip the gradients of a fused
-        # optimizer there (they are unscaled inside its step), and clipping is on by default
-        fused = self.device.type == "cuda" and "mixed" not in str(self.trainer.precision)
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
+        optimizer = build_adamw(self.model, cfg, self.device, str(self.trainer.precision))  # fused: CPU, CUDA
         total = int(self.trainer.estimated_stepping_batches)
         warmup = self.hparams.warmup_steps
         warmup = effective_warmup(cfg["warmup_steps"], total) if warmup is None else warmup

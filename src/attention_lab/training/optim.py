@@ -6,7 +6,10 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import nn
+
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch has a one-kernel AdamW (the CPU one since torch 2.4)
 
 
 def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -17,6 +20,20 @@ def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+
+
+def build_adamw(
+    model: nn.Module, cfg: dict[str, Any], device: torch.device | str, precision: str = "32-true"
+) -> torch.optim.AdamW:
+    """AdamW over `adamw_param_groups` with cfg's lr, betas and weight_decay, fused where torch has the kernel.
+
+    Fused: one kernel for all parameters instead of about ten per parameter; on this benchmark's CPU model the
+    step drops from ~11 ms to ~0.5 ms (measured, 27 tensors, 0.8M parameters), the same update up to rounding.
+    Not under mixed precision: Lightning cannot clip the gradients of a fused optimizer there (they are unscaled
+    inside its step), and clipping is on by default."""
+    fused = torch.device(device).type in FUSED_ADAMW_DEVICES and "mixed" not in str(precision)
+    groups = adamw_param_groups(model, cfg["weight_decay"])
+    return torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), fused=fused)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_lr_ratio: float) -> Callable[[int], float]:
