@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from attention_lab.data import DataConfigError, TextDataModule, num_windows, token_cache_path
+from attention_lab.data import DataConfigError, TextDataModule, TokenFile, num_windows, token_cache_path
 from attention_lab.data.token_cache import sidecar_path
 
 
@@ -62,8 +62,9 @@ def test_datamodule_train_windows_stay_before_val(tiny_corpus: Path, tmp_path: P
     last_train_stop = train_ds.span(len(train_ds) - 1)[1]
     assert last_train_stop <= dm.train_tokens == len(train_ds.tokens)
     assert len(val_ds.tokens) == dm.val_tokens
-    # Both are views of the one token tensor: the val view starts exactly where the train view ends.
-    assert val_ds.tokens.storage_offset() == train_ds.tokens.storage_offset() + dm.train_tokens
+    # Both are spans of the one cache file: the val span starts exactly where the train span ends.
+    assert isinstance(train_ds.source, TokenFile) and val_ds.source.path == train_ds.source.path
+    assert val_ds.source.start == train_ds.source.start + dm.train_tokens
 
 
 def test_datamodule_validate_rejects_a_context_longer_than_the_val_split(tiny_corpus: Path, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
-"""Tests of attention_lab.data.token_cache: ids are tokenized once per (text, tokenizer), and a cache file is
-used only after it is verified against its sidecar.
+"""Tests of attention_lab.data.token_cache: ids are tokenized once per (text, tokenizer) into a flat `.bin`, and
+a cache file is used only after it is verified against its sidecar.
 
-The verification tests damage a cache in the ways that a plain `.npy` check cannot see (a valid array of zeros,
-a short array, one changed id, a missing or stale sidecar) and require that `load_tokens` returns the true ids,
-says in a warning which check failed, and rewrites a cache that the next call reads without tokenizing.
+The verification tests damage a cache in the ways that a flat file of in-range ids cannot show by itself (a
+file of zeros, a short or truncated file, one changed id, ids of another width, a missing or stale sidecar) and
+require that `load_tokens` returns the true ids, says in a warning which check failed, and rewrites a cache
+that the next call reads without tokenizing.
 """
 
 from __future__ import annotations
@@ -43,16 +44,20 @@ def warnings(caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
 
 
 def _count_encode(monkeypatch: pytest.MonkeyPatch, tokenizer: Tokenizer) -> list[str]:
-    """Spy on `tokenizer.encode`: the returned list grows by the text of every call."""
+    """Spy on `tokenizer.encode_array` (what the cache calls): the returned list grows by the text of every call."""
     calls: list[str] = []
-    encode = tokenizer.encode
+    encode = tokenizer.encode_array
 
-    def counting(text: str) -> list[int]:
+    def counting(text: str) -> np.ndarray:
         calls.append(text)
         return encode(text)
 
-    monkeypatch.setattr(tokenizer, "encode", counting)
+    monkeypatch.setattr(tokenizer, "encode_array", counting)
     return calls
+
+
+def _read_bin(path: Path, dtype: str = "<u2") -> np.ndarray:
+    return np.fromfile(path, dtype=dtype)
 
 
 def _true_ids(tokenizer: Tokenizer, text: str) -> torch.Tensor:
@@ -61,7 +66,7 @@ def _true_ids(tokenizer: Tokenizer, text: str) -> torch.Tensor:
 
 def _assert_cache_holds(path: Path, ids: torch.Tensor, tokenizer: Tokenizer, text: str, calls: list[str]) -> None:
     """The cache at `path` holds `ids` and the next load reads it without tokenizing."""
-    assert np.array_equal(np.load(path).astype(np.int64), ids.numpy())
+    assert np.array_equal(_read_bin(path).astype(np.int64), ids.numpy())
     before = len(calls)
     assert torch.equal(load_tokens(text, tokenizer, path.parent), ids)
     assert len(calls) == before, "a rewritten cache was not trusted on the next read"
@@ -76,12 +81,14 @@ def test_tokens_are_cached_once_and_reused(tiny_text: str, tmp_path: Path, monke
     first = load_tokens(tiny_text, tok, tmp_path)
     path = token_cache_path(tiny_text, tok, tmp_path)
     assert sorted(tmp_path.iterdir()) == sorted([path, sidecar_path(path)])
-    assert np.load(path).dtype == np.uint16  # compact on disk
+    assert path.suffix == ".bin" and path.stat().st_size == 2 * len(first)  # flat uint16: compact on disk
+    assert np.array_equal(_read_bin(path), first.numpy())  # raw little-endian ids, no header
 
     def fail(text: str) -> list[int]:
         raise AssertionError("re-tokenized although the cache exists")
 
     monkeypatch.setattr(tok, "encode", fail)
+    monkeypatch.setattr(tok, "encode_array", fail)
     second = load_tokens(tiny_text, tok, tmp_path)
     assert second.dtype == torch.int64 and second.ndim == 1
     assert torch.equal(first, second)
@@ -104,8 +111,8 @@ def test_sidecar_records_what_the_ids_are(tok: CharTokenizer, tiny_text: str, tm
     ids = load_tokens(tiny_text, tok, tmp_path)
     meta = json.loads(sidecar_path(token_cache_path(tiny_text, tok, tmp_path)).read_text(encoding="utf-8"))
     assert meta["num_ids"] == len(ids) == len(tiny_text)
-    assert meta["dtype"] == "uint16"
-    assert meta["tokenizer"] == "char"
+    assert meta["dtype"] == "uint16" and meta["byteorder"] == "little"
+    assert meta["tokenizer"] == "char" and meta["format"] == 3
     algorithm, digest = meta["checksum"].split(":")
     assert algorithm == "blake2b" and len(digest) == 64
 
@@ -140,46 +147,51 @@ def test_gpt2_tokens_of_default_corpus_keep_endoftext_semantics(tmp_path: Path) 
 def test_corrupt_cache_is_rebuilt(tiny_text: str, tmp_path: Path) -> None:
     tok = CharTokenizer.from_text(tiny_text)
     path = token_cache_path(tiny_text, tok, tmp_path)
-    path.write_bytes(b"not an npy file")
+    path.write_bytes(b"not a token file")
     tokens = load_tokens(tiny_text, tok, tmp_path)
     assert tok.decode(tokens) == tiny_text
-    assert torch.equal(torch.from_numpy(np.load(path).astype(np.int64)), tokens)
+    assert torch.equal(torch.from_numpy(_read_bin(path).astype(np.int64)), tokens)
     # no temporary files left behind
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, sidecar_path(path).name])
 
 
 def _zeros(path: Path, ids: np.ndarray) -> None:
-    np.save(path, np.zeros_like(ids))
+    np.zeros_like(ids).tofile(path)
 
 
 def _short(path: Path, ids: np.ndarray) -> None:
-    np.save(path, ids[: len(ids) // 2])
+    ids[: len(ids) // 2].tofile(path)
 
 
 def _cut_bytes(path: Path, ids: np.ndarray) -> None:
-    path.write_bytes(path.read_bytes()[:-100])
+    path.write_bytes(path.read_bytes()[:-101])  # mid-id
 
 
 def _one_id_changed(path: Path, ids: np.ndarray) -> None:
     changed = ids.copy()
     changed[7] = (int(changed[7]) + 1) % int(ids.max() + 1)
-    np.save(path, changed)
+    changed.tofile(path)
 
 
-def _int32(path: Path, ids: np.ndarray) -> None:
-    np.save(path, ids.astype(np.int32))
+def _uint32(path: Path, ids: np.ndarray) -> None:
+    ids.astype("<u4").tofile(path)
+
+
+def _big_endian(path: Path, ids: np.ndarray) -> None:
+    ids.astype(">u2").tofile(path)
 
 
 @pytest.mark.parametrize(
     ("damage", "failed_check"),
     [
         (_zeros, "checksum"),
-        (_short, "ids but the sidecar says"),
-        (_cut_bytes, "unreadable"),
+        (_short, "but the sidecar says"),
+        (_cut_bytes, "truncated"),
         (_one_id_changed, "checksum"),
-        (_int32, "dtype"),
+        (_uint32, "but the sidecar says"),
+        (_big_endian, "checksum"),
     ],
-    ids=["all-zeros", "short-array", "truncated-file", "one-id-changed", "wrong-dtype"],
+    ids=["all-zeros", "short-file", "truncated-file", "one-id-changed", "wider-ids", "big-endian"],
 )
 def test_damaged_ids_are_rebuilt(
     damage: Callable[[Path, np.ndarray], None],
@@ -194,7 +206,7 @@ def test_damaged_ids_are_rebuilt(
     load_tokens(tiny_text, tok, tmp_path)  # a genuine cache and sidecar
     path = token_cache_path(tiny_text, tok, tmp_path)
     genuine = path.read_bytes()
-    damage(path, np.load(path))
+    damage(path, _read_bin(path))
     assert path.read_bytes() != genuine
 
     calls = _count_encode(monkeypatch, tok)
@@ -204,8 +216,8 @@ def test_damaged_ids_are_rebuilt(
     _assert_cache_holds(path, expected, tok, tiny_text, calls)
 
 
-@pytest.mark.parametrize("damage", [_zeros, _short], ids=["all-zeros", "short-array"])
-def test_a_plausible_npy_without_sidecar_is_not_trusted(
+@pytest.mark.parametrize("damage", [_zeros, _short], ids=["all-zeros", "short-file"])
+def test_a_plausible_bin_without_sidecar_is_not_trusted(
     damage: Callable[[Path, np.ndarray], None],
     tok: CharTokenizer,
     tiny_text: str,
@@ -213,7 +225,7 @@ def test_a_plausible_npy_without_sidecar_is_not_trusted(
     monkeypatch: pytest.MonkeyPatch,
     warnings: Callable[[], str],
 ) -> None:
-    """A valid `.npy` of the right dtype with in-range ids, placed at the cache path, is not enough."""
+    """A flat file of the right dtype with in-range ids, placed at the cache path, is not enough."""
     expected = _true_ids(tok, tiny_text)
     path = token_cache_path(tiny_text, tok, tmp_path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,9 +257,11 @@ def _edit(field: str, value: Any) -> Callable[[Path], None]:
         (lambda p: p.write_text("{", encoding="utf-8"), "unreadable"),
         (lambda p: p.write_bytes(b"\xff\xfe"), "unreadable"),
         (lambda p: p.write_text("[]", encoding="utf-8"), "not a JSON object"),
-        (_edit("num_ids", lambda n: n + 1), "ids but the sidecar says"),
+        (_edit("num_ids", lambda n: n + 1), "but the sidecar says"),
         (_edit("checksum", "blake2b:" + "0" * 64), "checksum"),
-        (_edit("dtype", "int32"), "dtype"),
+        (_edit("dtype", "uint32"), "dtype"),
+        (_edit("byteorder", "big"), "byte order"),
+        (_edit("num_ids", "many"), "not a count"),
         (_edit("tokenizer_sha256", "0" * 64), "tokenizer_sha256"),
         (_edit("text_sha256", "0" * 64), "text_sha256"),
         (_edit("format", 1), "format"),
@@ -260,6 +274,8 @@ def _edit(field: str, value: Any) -> Callable[[Path], None]:
         "wrong-count",
         "wrong-checksum",
         "wrong-dtype",
+        "wrong-byteorder",
+        "count-not-a-number",
         "other-tokenizer",
         "other-text",
         "old-format",
@@ -344,4 +360,40 @@ def test_ids_written_without_their_sidecar_are_not_trusted(
     assert torch.equal(load_tokens(tiny_text, tok, tmp_path), expected)
     assert len(calls) == 1
     assert "missing" in warnings()
+    _assert_cache_holds(path, expected, tok, tiny_text, calls)
+
+
+def test_ids_outside_the_vocabulary_are_caught_even_with_a_matching_checksum(
+    tok: CharTokenizer, tiny_text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings: Callable[[], str]
+) -> None:
+    """uint16 holds ids up to 65535, far past a 28-character vocabulary: the largest id is checked too."""
+    import hashlib
+
+    expected = _true_ids(tok, tiny_text)
+    load_tokens(tiny_text, tok, tmp_path)
+    path = token_cache_path(tiny_text, tok, tmp_path)
+    bad = _read_bin(path).copy()
+    bad[3] = tok.vocab_size
+    bad.tofile(path)
+    meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    meta["checksum"] = "blake2b:" + hashlib.blake2b(path.read_bytes(), digest_size=32).hexdigest()
+    sidecar_path(path).write_text(json.dumps(meta), encoding="utf-8")
+
+    calls = _count_encode(monkeypatch, tok)
+    assert torch.equal(load_tokens(tiny_text, tok, tmp_path), expected)
+    assert len(calls) == 1
+    assert f"id {tok.vocab_size} is outside the vocabulary" in warnings()
+    _assert_cache_holds(path, expected, tok, tiny_text, calls)
+
+
+def test_a_sidecar_without_its_ids_is_rebuilt(
+    tok: CharTokenizer, tiny_text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warnings: Callable[[], str]
+) -> None:
+    expected = _true_ids(tok, tiny_text)
+    load_tokens(tiny_text, tok, tmp_path)
+    path = token_cache_path(tiny_text, tok, tmp_path)
+    path.unlink()
+    calls = _count_encode(monkeypatch, tok)
+    assert torch.equal(load_tokens(tiny_text, tok, tmp_path), expected)
+    assert len(calls) == 1 and "missing" in warnings()
     _assert_cache_holds(path, expected, tok, tiny_text, calls)

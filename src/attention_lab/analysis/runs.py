@@ -43,7 +43,16 @@ STATUS_ORDER = {OK: 0, INCOMPLETE: 1, FAILED: 2}
 # Config keys that are locations or instrumentation, not experiment settings: they differ between runs (every
 # run has its own folder) or do not change what is learned, and would only add noise columns.
 IGNORED_PREFIXES = ("paths.", "hydra.", "logger.", "callbacks.")
-IGNORED_LAST_PARTS = {"output_dir", "default_root_dir", "dirpath", "save_dir", "cache_dir", "log_dir", "ckpt_path"}
+IGNORED_LAST_PARTS = {
+    "output_dir",
+    "default_root_dir",
+    "dirpath",
+    "save_dir",
+    "cache_dir",
+    "log_dir",
+    "ckpt_path",
+    "tokenize_workers",  # how fast the cache is built, not what a run learns
+}
 # Settings added after runs were made, with the value those older runs trained with: an old run then groups
 # with new runs of the same settings instead of showing "-" and a knob that differs only by its absence.
 ADDED_SETTINGS: dict[str, Any] = {

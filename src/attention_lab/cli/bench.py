@@ -1,11 +1,14 @@
-"""`attention-lab bench {attention,generation,loop,positions}`: the benchmarks' one command line.
+"""`attention-lab bench {attention,generation,loop,positions,corpus}`: the benchmarks' one command line.
 
     attention-lab bench attention                          # every variant, T = 128 .. 4096, CPU
     attention-lab bench attention --device cuda --dtype bfloat16 --lengths 512 1024 2048 4096 8192 16384
     attention-lab bench generation --variants multihead linear --repeats 5
-    attention-lab bench loop --repeats 5
+    attention-lab bench loop --repeats 5                   # our step vs a minimal reference GPT, and vs plain loops
+    attention-lab bench loop --contenders hand lightning   # only what the Lightning loop costs
     attention-lab bench positions --variants sdpa linear --schemes rope alibi none --lengths 256 1024
     attention-lab bench attention --out benchmarks/results/cpu   # only this way are committed results replaced
+    attention-lab bench attention --variants sliding_window --sliding-dense   # blocked kernel vs the dense band
+    attention-lab bench corpus --sizes 100 300             # tokenization MB/s, training memory as the corpus grows
 
 Without --out, each run writes to a new folder outputs/bench/<kind>/<date_time>-<suffix>/ under the current
 directory ($ATTENTION_LAB_OUTPUTS replaces `outputs`), so a benchmark never overwrites committed results by
@@ -35,12 +38,19 @@ from .common import OneLineParser, run_command
 SUMMARY = {
     "attention": "time and memory of every attention module against T",
     "generation": "greedy tokens/s with and without the KV cache, per variant",
-    "loop": "tokens/s of Lightning's Trainer.fit against a hand-written loop (CPU)",
+    "loop": "tokens/s of our training step against a plain loop and a minimal reference GPT (CPU)",
     "positions": "training-step time of each position scheme as a ratio to none, per variant and T",
+    "corpus": "tokenization MB/s by worker count, and peak memory of training as a generated corpus grows",
 }
 KINDS = tuple(SUMMARY)
+# bench.loop's CONTENDERS and DEFAULT_CONTENDERS, repeated here so that the parser does not import Lightning
+# (a test checks that they agree)
+LOOP_CHOICES = ("hand", "lightning", "reference", "ours", "ours_compiled")
+LOOP_CONTENDERS = ("hand", "lightning", "reference", "ours")
 GENERATION_FILE = "generation.json"
-LOOP_FILE = "loop_overhead.json"
+LOOP_FILE = "loop_overhead.json"  # hand and lightning only: the file this benchmark has always written
+LOOP_REFERENCE_FILE = "loop_reference.json"  # any other contender: the reference GPT, compile
+CORPUS_TOKENIZE_FILE, CORPUS_MEMORY_FILE = "corpus_tokenize.json", "corpus_memory.json"
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -100,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--window", type=POSITIVE, default=128, help="sliding_window: keys each query sees")
     p.add_argument(
+        "--sliding-dense",
+        action="store_true",
+        help="also time sliding_window's dense (T, T) band (row sliding_window_dense) beside its blocked kernel",
+    )
+    p.add_argument(
         "--max-seconds-per-point",
         type=_positive_float,
         default=120.0,
@@ -128,6 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=POSITIVE, default=60, help="timed steps per run")
     p.add_argument("--batch-size", type=POSITIVE, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--contenders",
+        nargs="+",
+        default=list(LOOP_CONTENDERS),
+        choices=list(LOOP_CHOICES),
+        metavar="NAME",
+        help=f"from {' '.join(LOOP_CHOICES)} (default: %(default)s); see attention_lab.bench.loop",
+    )
     _common(p, repeats=5, warmup=10, out_default=default_out.format("loop"))
 
     s = PositionsBenchmark()
@@ -153,6 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=s.seed)
     p.add_argument("--threads", type=POSITIVE, default=None, help="torch intra-op threads (default: torch's)")
     _common(p, repeats=s.repeats, warmup=s.warmup, out_default=default_out.format("positions"))
+
+    p = sub.add_parser("corpus", help=SUMMARY["corpus"], description=SUMMARY["corpus"])
+    p.add_argument("--sizes", nargs="+", type=POSITIVE, default=[100, 300], help="corpora (MB) of the memory runs")
+    p.add_argument("--throughput-mb", type=POSITIVE, default=300, help="corpus (MB) the throughput is measured on")
+    p.add_argument("--workers", nargs="+", type=POSITIVE, default=[1, 2], help="tokenize_workers to time")
+    p.add_argument("--steps", type=POSITIVE, default=30, help="training steps of each memory run")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated corpus")
+    p.add_argument("--corpus-dir", default=None, help="where to generate it (default: a new temp folder)")
+    p.add_argument("--keep-corpus", action="store_true", help="keep the generated corpus afterwards")
+    p.add_argument(
+        "--parts", nargs="+", choices=["throughput", "memory"], default=["throughput", "memory"], help="what to run"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help=f"folder for the results (default: {default_out.format('corpus')})"
+    )
     return parser
 
 
@@ -176,6 +214,7 @@ def _attention(args: argparse.Namespace) -> None:
         repeats=args.repeats,
         warmup=args.warmup,
         window=args.window,
+        sliding_dense=args.sliding_dense,
         max_seconds_per_point=args.max_seconds_per_point,
         verify=not args.skip_verify,
         seed=args.seed,
@@ -225,11 +264,13 @@ def _loop(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         seed=args.seed,
         cache_dir=os.environ.get("ATTENTION_LAB_CACHE") or ".cache/attention-lab",  # as the training configs
+        contenders=list(dict.fromkeys(args.contenders)),
     )
     result = run_loop_benchmark(spec, command=args.command)
     print(format_loop_benchmark(result))
     out = output_dir(args.out, "loop")
-    print(f"wrote {write_json(result, out / LOOP_FILE)}")
+    name = LOOP_FILE if set(spec.contenders) <= {"hand", "lightning"} else LOOP_REFERENCE_FILE
+    print(f"wrote {write_json(result, out / name)}")
 
 
 def _positions(args: argparse.Namespace) -> None:
@@ -264,11 +305,33 @@ def _positions(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _corpus(args: argparse.Namespace) -> None:
+    from ..bench.corpus import CorpusBenchmark, format_corpus_benchmark, run_corpus_benchmark  # Lightning: lazy
+
+    spec = CorpusBenchmark(
+        sizes_mb=list(dict.fromkeys(args.sizes)),
+        throughput_mb=args.throughput_mb,
+        workers=list(dict.fromkeys(args.workers)),
+        steps=args.steps,
+        seed=args.seed,
+        corpus_dir=args.corpus_dir,
+        keep_corpus=args.keep_corpus,
+        parts=list(dict.fromkeys(args.parts)),
+    )
+    results = run_corpus_benchmark(spec, command=args.command)
+    print(format_corpus_benchmark(results))
+    out = output_dir(args.out, "corpus")
+    for part, name in (("throughput", CORPUS_TOKENIZE_FILE), ("memory", CORPUS_MEMORY_FILE)):
+        if part in results:
+            print(f"wrote {write_json(results[part], out / name)}")
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], None]] = {
     "attention": _attention,
     "generation": _generation,
     "loop": _loop,
     "positions": _positions,
+    "corpus": _corpus,
 }
 
 

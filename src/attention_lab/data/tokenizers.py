@@ -48,6 +48,11 @@ class Tokenizer(abc.ABC):
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`."""
 
+    def encode_array(self, text: str) -> np.ndarray:
+        """Token ids of `text` as a 1-D integer array, the same ids as `encode` (what the token cache stores;
+        tokenizers that can skip the Python list do)."""
+        return np.asarray(self.encode(text), dtype=np.int64)
+
     @abc.abstractmethod
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids (accepts lists, numpy arrays and 1-D tensors)."""
@@ -159,6 +164,14 @@ class GPT2Tokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self._enc.encode(text, allowed_special={GPT2_ENDOFTEXT})
 
+    def encode_array(self, text: str) -> np.ndarray:
+        if not hasattr(self._enc, "encode_to_numpy"):  # an older tiktoken
+            return super().encode_array(text)
+        try:  # tiktoken's buffer, without a list of Python ints (uint32)
+            return self._enc.encode_to_numpy(text, allowed_special={GPT2_ENDOFTEXT})
+        except UnicodeEncodeError:  # lone surrogates: `encode` repairs them as tiktoken does
+            return super().encode_array(text)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(_as_int_list(ids))
 
@@ -202,6 +215,9 @@ class CharTokenizer(Tokenizer):
         return cls(sorted(set(text)))
 
     def encode(self, text: str) -> list[int]:
+        return self.encode_array(text).tolist()
+
+    def encode_array(self, text: str) -> np.ndarray:
         codes = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
         ids = np.searchsorted(self._codes, codes)
         known = self._codes[np.minimum(ids, self.vocab_size - 1)] == codes
@@ -211,7 +227,7 @@ class CharTokenizer(Tokenizer):
                 f"characters {unknown[:20]!r} are not in the char tokenizer's vocabulary "
                 f"({self.vocab_size} characters of its training corpus)"
             )
-        return ids.tolist()
+        return ids  # (N,) int64
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = _as_int_list(ids)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from .token_file import TokenFile, TokenIds, gather_windows
 from .tokenizers import DataConfigError
+
+_Ids = TypeVar("_Ids", TokenFile, np.ndarray, torch.Tensor)
 
 
 def num_windows(num_tokens: int, context_length: int, stride: int | None = None) -> int:
@@ -43,42 +48,55 @@ def collate_windows(batch: WindowBatch | list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class TokenWindows(Dataset):
-    """Fixed-length next-token windows over a 1-D token tensor.
+    """Fixed-length next-token windows over 1-D token ids: a cache file (`TokenFile`), an array or a tensor.
 
-    Item i is `(x, y)` with `x = tokens[s : s + T]`, `y = tokens[s + 1 : s + T + 1]`, `s = i * stride`.
-    The windows are strided views (`unfold`) of the tokens, so nothing is copied up front, and a DataLoader
-    batch is gathered with one indexing op per tensor through `__getitems__` (used by torch >= 2.2 when
-    auto-batching) instead of B `__getitem__` calls and a stack: data loading stays negligible next to a step.
+    Item i is `(x, y)` with `x = tokens[s : s + T]`, `y = tokens[s + 1 : s + T + 1]`, `s = i * stride`, as
+    int64 tensors. Only the windows asked for are read: a DataLoader batch is gathered with one fancy-index
+    read of B rows of T + 1 ids through `__getitems__` (used by torch >= 2.2 when auto-batching), from a
+    memory map of the cache opened for that batch. So no process holds the corpus, and under DDP each rank
+    reads only the windows its sampler shard names.
     """
 
-    def __init__(self, tokens: torch.Tensor, context_length: int, stride: int | None = None) -> None:
-        if tokens.ndim != 1:
-            raise ValueError(f"TokenWindows needs a 1-D token tensor, got shape {tuple(tokens.shape)}")
+    def __init__(self, tokens: TokenIds | torch.Tensor, context_length: int, stride: int | None = None) -> None:
+        if isinstance(tokens, torch.Tensor):
+            tokens = tokens.detach().cpu().numpy()
+        if not isinstance(tokens, TokenFile) and tokens.ndim != 1:
+            raise ValueError(f"TokenWindows needs 1-D token ids, got shape {tuple(tokens.shape)}")
         if context_length < 1:
             raise ValueError(f"context_length must be >= 1, got {context_length}")
         stride = context_length if stride is None else stride
         if stride < 1:
             raise ValueError(f"stride must be >= 1, got {stride}")
-        self.tokens = tokens.to(torch.int64)  # (N,); no copy when already int64
+        self.source: TokenIds = tokens  # (N,) on disk or in memory
         self.context_length = context_length
         self.stride = stride
-        n = num_windows(len(self.tokens), context_length, stride)
-        if n == 0:  # too few tokens for one window; unfold would raise
-            self._x = self._y = self.tokens.new_empty((0, context_length))
-        else:
-            # Inputs and targets as two views so that both gathered batches come out contiguous (B, T).
-            self._x = self.tokens[:-1].unfold(0, context_length, stride)  # (n, T)
-            self._y = self.tokens[1:].unfold(0, context_length, stride)  # (n, T)
+        self._len = num_windows(len(tokens), context_length, stride)
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        """All ids as a 1-D tensor in their stored dtype (uint16/uint32 for a cache, which it maps: nothing is
+        read until indexed). For code that wants the split as a tensor, e.g. the length evaluation."""
+        if isinstance(self.source, TokenFile):
+            return torch.from_numpy(self.source.open(writable_view=True))  # (N,)
+        return torch.from_numpy(self.source)  # (N,)
 
     def __len__(self) -> int:
-        return self._x.shape[0]
+        return self._len
+
+    def _batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = np.asarray(indices, dtype=np.int64)  # (B,)
+        if idx.size and (idx.min() < -self._len or idx.max() >= self._len):
+            raise IndexError(f"window index out of range for {self._len} windows")
+        starts = (idx % max(self._len, 1)) * self.stride  # (B,); negative indices count from the end
+        rows = torch.from_numpy(gather_windows(self.source, starts, self.context_length + 1))  # (B, T + 1)
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()  # (B, T), (B, T)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._x[index], self._y[index]  # (T,), (T,)
+        x, y = self._batch([index])
+        return x[0], y[0]  # (T,), (T,)
 
     def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
-        idx = torch.as_tensor(indices, dtype=torch.long)  # (B,)
-        return WindowBatch(self._x[idx], self._y[idx])  # (B, T), (B, T)
+        return WindowBatch(*self._batch(indices))  # (B, T), (B, T)
 
     def span(self, index: int) -> tuple[int, int]:
         """Token positions [start, stop) that window `index` reads, targets included."""
@@ -98,11 +116,12 @@ def split_point(num_tokens: int, val_fraction: float) -> int:
     return min(num_tokens, max(0, round(num_tokens * (1.0 - val_fraction))))
 
 
-def split_tokens(tokens: torch.Tensor, val_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
+def split_tokens(tokens: _Ids, val_fraction: float) -> tuple[_Ids, _Ids]:
     """Contiguous split: the first (1 - val_fraction) of the tokens train, the rest validate.
 
     Contiguous (not random windows) so that no validation text leaks into training through overlapping
-    windows; windows are cut within each part, so none crosses the boundary.
+    windows; windows are cut within each part, so none crosses the boundary. A tensor or array splits into
+    views, a cache file into two spans of it: nothing is copied.
     """
     cut = split_point(len(tokens), val_fraction)
     return tokens[:cut], tokens[cut:]  # (N_train,), (N_val,)
@@ -167,8 +186,15 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return self.num_items
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator)[self._skip :]
+        order = torch.randperm(self.num_items, generator=generator)[self._skip :]  # (num_items,) 8 bytes each
         self._skip = 0  # only the first epoch after a resume is partial
-        return iter(order.tolist())
+        return _as_ints(order)
+
+
+def _as_ints(order: torch.Tensor, block: int = 1 << 16) -> Iterator[int]:
+    """The indices as Python ints, a block at a time: a list of a big corpus' windows would cost ~36 bytes
+    each (one int object and one pointer), more than the ids of the windows' tokens on disk."""
+    for part in order.split(block):
+        yield from part.tolist()
