@@ -11,7 +11,7 @@ TORCH  ?= torch
 EXTRAS ?= dev
 BIN    := $(VENV)/bin
 
-.PHONY: train test test-fast lint benchmark gpu-check clean install FORCE
+.PHONY: train test test-fast lint benchmark gpu-check tensorboard clean install FORCE
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,12 @@ lint: install
 
 benchmark: install
 	$(BIN)/python scripts/benchmark.py
+
+# Every run and sweep under outputs/ (or $ATTENTION_LAB_OUTPUTS), with all attention-map images kept.
+TB_PORT ?= 6006
+tensorboard: install
+	@$(BIN)/python -c "from attention_lab.training.summary import tensorboard_url as u; print('open', u($(TB_PORT)))"
+	$(BIN)/tensorboard --logdir $${ATTENTION_LAB_OUTPUTS:-outputs} --port $(TB_PORT) --samples_per_plugin images=100
 
 # GPU readiness in 8 minutes at most (README: "GPU readiness in one command"); exit 2 without CUDA.
 # Options through GPU_CHECK_ARGS, e.g. make gpu-check GPU_CHECK_ARGS="--only tests bench"

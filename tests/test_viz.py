@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from attention_lab.viz import TITLE_H, attention_entropy, attention_grid, sanitize_label
+from attention_lab.viz import AXIS_H, MAX_WIDTH_PX, TITLE_H, attention_entropy, attention_grid, sanitize_label
 
 
 def causal_uniform(num_heads: int, t: int) -> torch.Tensor:
@@ -31,8 +31,8 @@ def test_grid_is_rgb_uint8():
 
 def test_more_panels_make_a_larger_image():
     one = attention_grid(causal_uniform(1, 16), tokens(16))
-    four = attention_grid(causal_uniform(4, 16), tokens(16))  # one row of four panels
-    eight = attention_grid(causal_uniform(8, 16), tokens(16))  # two rows of four
+    four = attention_grid(causal_uniform(4, 16), tokens(16))  # two rows of two panels
+    eight = attention_grid(causal_uniform(8, 16), tokens(16))  # four rows of two
     assert four.shape[1] > one.shape[1]
     assert eight.shape[0] > four.shape[0]
     assert eight.shape[1] == four.shape[1]
@@ -95,6 +95,29 @@ def test_labels_must_match_length():
 def test_long_sequences_render():
     img = attention_grid(causal_uniform(8, 128), [f"tok{i}" for i in range(128)], title="T=128")
     assert img.shape[2] == 3
+
+
+@pytest.mark.parametrize(("num_heads", "t"), [(1, 8), (2, 24), (4, 24), (8, 32), (16, 96), (12, 64)])
+def test_the_grid_fits_a_tensorboard_card(num_heads: int, t: int):
+    """TensorBoard scales an image to its card (~350 px wide by default): a grid at most MAX_WIDTH_PX wide keeps
+    its 14 px labels readable there (the old four-panel rows were ~1600 px wide, a fifth of their size). Up to
+    T = 96: longer maps need more than MAX_WIDTH_PX at two pixels per cell."""
+    img = attention_grid(causal_uniform(num_heads, t), tokens(t), title="layer 0 - step 300")
+    assert img.shape[1] <= MAX_WIDTH_PX, img.shape
+
+
+def _ink(region: np.ndarray) -> int:
+    """Dark pixels (text) in an image region."""
+    return int((region.sum(axis=-1) < 300).sum())
+
+
+def test_axes_are_titled_query_and_key():
+    """A "query" title left of the rows and a "key" title under the columns: the strips hold text, and drawing
+    nothing there (a grid without them) leaves them blank."""
+    img = attention_grid(causal_uniform(2, 16), tokens(16))
+    left_strip = img[TITLE_H:, :AXIS_H]
+    bottom_strip = img[-AXIS_H:, AXIS_H:]
+    assert _ink(left_strip) > 20 and _ink(bottom_strip) > 20
 
 
 def test_grid_is_cheap():

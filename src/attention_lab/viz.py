@@ -19,15 +19,21 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-MAX_COLS = 4  # panels per row of the grid
-PANEL_PX = 384  # target side of one heatmap in pixels; each cell is an integer number of pixels
+# TensorBoard shows an image scaled to its card, about 350 px wide by default (Time Series), so the grid is sized
+# for that: at most MAX_WIDTH_PX wide, two panels a row, and text large enough to stay readable scaled down
+# (14 px drawn, ~9 px shown). A wide grid of four 384 px panels with 10 px text was ~1600 px wide: shown at a
+# fifth of its size, its labels were unreadable.
+MAX_COLS = 2  # panels per row of the grid
+MAX_WIDTH_PX = 560  # the whole image, labels included (a single panel may come out narrower)
+PANEL_MAX_PX = 320  # side of one heatmap at most (one head alone); each cell is an integer number of pixels
 MIN_CELL, MAX_CELL = 2, 24
 GAP = 10  # pixels between panels
-HEAD_TITLE_H = 14  # strip above each panel for "head i"
-TITLE_H = 20  # strip above the grid for the title and the colour scale
 PAD = 4
+FONT_SIZE = 14
+TITLE_H = FONT_SIZE + 10  # strip above the grid for the title and the colour scale
+HEAD_TITLE_H = FONT_SIZE + 4  # strip above each panel for "head i"
+AXIS_H = FONT_SIZE + 6  # strip for the axis titles: "query" left of the rows, "key" under the columns
 MAX_LABEL_CHARS = 8
-FONT_SIZE = 10
 BACKGROUND = 255
 TEXT = (0, 0, 0)
 
@@ -98,27 +104,46 @@ def _label_strip(labels: list[str], cell: int, step: int, width: int) -> Image.I
     strip = Image.new("RGB", (width, len(labels) * cell), (BACKGROUND,) * 3)
     draw = ImageDraw.Draw(strip)
     font, line_h = _font(), _line_height()
+    free_from = -math.inf  # the first y below the last label drawn
     for i in range(0, len(labels), step):
-        text_w = draw.textlength(labels[i], font=font)
         y = min(max(i * cell + (cell - line_h) / 2, 0), strip.height - line_h)  # keep the end labels inside
+        if y < free_from - 2:  # an end label pushed inside would cover its neighbour
+            continue
+        text_w = draw.textlength(labels[i], font=font)
         draw.text((width - PAD - text_w, y), labels[i], fill=TEXT, font=font)
+        free_from = y + line_h
     return strip
 
 
-def _layout(num_heads: int, t: int) -> tuple[int, int, int, int]:
-    """(cell px, label step, columns, rows): cells shrink with T so a panel stays ~PANEL_PX wide."""
-    cell = max(MIN_CELL, min(MAX_CELL, PANEL_PX // max(t, 1)))
-    step = max(1, math.ceil(_min_row_px() / cell))  # thin the labels when rows are shorter than a line
+def _layout(num_heads: int, t: int, label_w: int) -> tuple[int, int, int, int]:
+    """(cell px, label step, columns, rows): panels share what MAX_WIDTH_PX leaves after the labels."""
     cols = min(num_heads, MAX_COLS)
+    side = min(PANEL_MAX_PX, (MAX_WIDTH_PX - AXIS_H - label_w) // cols - GAP)
+    cell = max(MIN_CELL, min(MAX_CELL, side // max(t, 1)))
+    step = max(1, math.ceil(_min_row_px() / cell))  # thin the labels when rows are shorter than a line
     return cell, step, cols, math.ceil(num_heads / cols)
 
 
-def _draw_scale(image: Image.Image, draw: ImageDraw.ImageDraw, x: int, vmax: float, lut: np.ndarray) -> None:
-    """A small colour bar "0 [gradient] vmax" in the title strip, so a colour can be read as a weight."""
+def _draw_scale(image: Image.Image, draw: ImageDraw.ImageDraw, right: int, vmax: float, lut: np.ndarray) -> None:
+    """A small colour bar "0 [gradient] vmax" ending at x = `right` in the title strip, so a colour can be read
+    as a weight."""
+    font, top = _font(), (TITLE_H - 10) // 2
+    high = f"{vmax:.2g}"
+    x_high = right - int(draw.textlength(high, font=font))
+    x_bar = x_high - PAD - 64
     gradient = lut[np.linspace(0, 255, 64).astype(np.uint8)]  # (64, 3)
-    image.paste(Image.fromarray(np.repeat(gradient[None], 8, axis=0)), (x + 10, PAD + 2))
-    draw.text((x, PAD), "0", fill=TEXT, font=_font())
-    draw.text((x + 78, PAD), f"{vmax:.2g}", fill=TEXT, font=_font())
+    image.paste(Image.fromarray(np.repeat(gradient[None], 10, axis=0)), (x_bar, top))
+    text_y = (TITLE_H - _line_height()) // 2
+    draw.text((x_bar - PAD - int(draw.textlength("0", font=font)), text_y), "0", fill=TEXT, font=font)
+    draw.text((x_high, text_y), high, fill=TEXT, font=font)
+
+
+def _axis_title(text: str, rotate: bool) -> Image.Image:
+    """An axis title on white, AXIS_H tall (rotated to read bottom-to-top when `rotate`)."""
+    font = _font()
+    strip = Image.new("RGB", (int(font.getlength(text)) + 2 * PAD, AXIS_H), (BACKGROUND,) * 3)
+    ImageDraw.Draw(strip).text((PAD, (AXIS_H - _line_height()) // 2), text, fill=TEXT, font=font)
+    return strip.transpose(Image.Transpose.ROTATE_90) if rotate else strip
 
 
 def attention_grid(
@@ -127,12 +152,13 @@ def attention_grid(
     title: str = "",
     cmap: str = "viridis",
 ) -> np.ndarray:
-    """Every head's attention map as a panel in one RGB image (Himg, Wimg, 3) uint8.
+    """Every head's attention map as a panel in one RGB image (Himg, Wimg, 3) uint8, at most MAX_WIDTH_PX wide
+    (up to T ~ 100: longer maps keep two pixels per cell and grow wider).
 
     weights: (H, T, T) post-softmax weights of one layer for one probe sequence (a (T, T) map is one head).
-    Row = query, column = key. All panels share one colour scale, 0 .. max weight, so heads are comparable.
-    Token labels go on the left of the first column and under the lowest panel of each column; when T is
-    large only every k-th label is drawn so they do not overlap.
+    Row = query, column = key (axis titles say so). Panels go two to a row; all share one colour scale,
+    0 .. max weight, so heads are comparable. Token labels go on the left of the first column and under the
+    lowest panel of each column; when rows are shorter than a line of text only every k-th label is drawn.
     """
     w = weights.detach()
     if w.dim() == 2:
@@ -146,13 +172,14 @@ def attention_grid(
         raise ValueError(f"got {len(tokens)} token labels for T={t} positions: pass one label per position.")
 
     labels = [sanitize_label(tok) for tok in tokens]
-    cell, step, cols, rows = _layout(num_heads, t)
-    side = t * cell
     font = _font()
-    label_w = int(max(font.getlength(lab) for lab in labels[::step])) + 2 * PAD
+    label_w = int(max(font.getlength(lab) for lab in labels)) + 2 * PAD
+    cell, step, cols, rows = _layout(num_heads, t, label_w)
+    side = t * cell
+    left = AXIS_H + label_w  # x of the first panel: the "query" title, then the query labels
     pitch_x, pitch_y = side + GAP, HEAD_TITLE_H + side + GAP
-    width = label_w + cols * pitch_x
-    height = TITLE_H + rows * pitch_y + label_w
+    width = max(left + cols * pitch_x, 2 * AXIS_H + label_w + 200)  # room for the title and the colour scale
+    height = TITLE_H + rows * pitch_y + label_w + AXIS_H
     canvas = np.full((height, width, 3), BACKGROUND, dtype=np.uint8)
 
     lut = _lut(cmap)
@@ -160,27 +187,29 @@ def attention_grid(
     origins = []  # top-left corner of each heatmap
     for h in range(num_heads):
         r, c = divmod(h, cols)
-        x0, y0 = label_w + c * pitch_x, TITLE_H + r * pitch_y + HEAD_TITLE_H
+        x0, y0 = left + c * pitch_x, TITLE_H + r * pitch_y + HEAD_TITLE_H
         canvas[y0 : y0 + side, x0 : x0 + side] = _colorize(w[h], vmax, cell, lut)
         origins.append((x0, y0))
 
     image = Image.fromarray(canvas)
     draw = ImageDraw.Draw(image)
     if title:
-        draw.text((PAD, PAD), title, fill=TEXT, font=font)
+        draw.text((PAD, (TITLE_H - _line_height()) // 2), title, fill=TEXT, font=font)
     for h, (x0, y0) in enumerate(origins):
         draw.text((x0, y0 - HEAD_TITLE_H + 1), f"head {h}", fill=TEXT, font=font)
 
     y_strip = _label_strip(labels, cell, step, label_w)  # query labels, left of the first column
     x_strip = y_strip.transpose(Image.Transpose.ROTATE_90)  # key labels: read bottom-to-top under a panel
+    query, key = _axis_title("query", rotate=True), _axis_title("key", rotate=False)
     for h, (x0, y0) in enumerate(origins):
         if h % cols == 0:
-            image.paste(y_strip, (0, y0))
+            image.paste(y_strip, (AXIS_H, y0))
+            image.paste(query, (0, y0 + max(0, (side - query.height) // 2)))
         if h + cols >= num_heads:  # lowest panel of its column
             image.paste(x_strip, (x0, y0 + side))
+            image.paste(key, (x0 + max(0, (side - key.width) // 2), y0 + side + label_w))
 
-    if width >= 200:  # room for the colour scale next to the title
-        _draw_scale(image, draw, width - 110, vmax, lut)
+    _draw_scale(image, draw, width - PAD, vmax, lut)
     return np.array(image)  # (Himg, Wimg, 3) uint8, a writable copy
 
 

@@ -410,7 +410,10 @@ def test_unknown_variant_lists_the_choices() -> None:
 
 
 def test_unknown_knob_lists_the_settings() -> None:
-    pattern = r"attention=multihead has no setting num_head: its settings are dropout, logit_softcap, num_heads, qk_norm, qkv_bias, sinks"
+    pattern = (
+        r"attention=multihead has no setting num_head: its settings are dropout, logit_softcap, num_heads, qk_norm, "
+        r"qkv_bias, sinks"
+    )
     with pytest.raises(AttentionConfigError, match=pattern):
         build_attention("multihead", D_MODEL, CONTEXT_LENGTH, num_head=4)
 

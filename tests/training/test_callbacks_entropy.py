@@ -15,7 +15,7 @@ def test_softmax_maps_get_one_entropy_per_head() -> None:
     attn = build_attention("multihead", 16, 8, num_heads=2)
     uniform = torch.full((2, 4, 4), 0.25)
     scalars = entropy_scalars(attn, 3, uniform)
-    assert sorted(scalars) == ["attention_entropy/layer_3/head_0", "attention_entropy/layer_3/head_1"]
+    assert sorted(scalars) == ["mech_heads/entropy/L3H0", "mech_heads/entropy/L3H1"]  # the per-head section
     assert all(value == pytest.approx(math.log(4)) for value in scalars.values())
 
 

@@ -68,7 +68,7 @@ def test_short_run_lowers_val_loss_and_logs_everything(tmp_path: Path, corpus: P
     tags = read_events(run)
     for scalar in ("train/loss", "val/loss", "val/ppl", "lr", "throughput/tokens_per_sec", "hp/val_loss"):
         assert scalar in tags["scalars"], scalar
-    assert any(t.startswith("attention_entropy/layer_1/head_1") for t in tags["scalars"])
+    assert "mech_heads/entropy/L1H1" in tags["scalars"]  # per-head entropy, in the per-head section
     assert {"attention/layer_0", "attention/layer_1"} <= tags["images"]
     assert "samples/text_summary" in tags["tensors"]
     assert tags["metrics"] == {"hp/val_loss"}, "the HParams tab needs a real metric, not hp_metric=-1"

@@ -65,6 +65,7 @@ class Variant:
     paper: str = ""
     positions: tuple[str, ...] = POSITIONS  # the model.position schemes it supports
     refuses: str = ""  # why it does not support the others
+    fixed: dict[str, Any] = field(default_factory=dict)  # settings it fixes, not configurable (mqa: 1 K/V head)
 
 
 def _non_causal_warning(name: str) -> None:
@@ -171,6 +172,7 @@ VARIANTS: dict[str, Variant] = {
             {**HEADS, **SOFTMAX_KNOBS},
             "all query heads share one K/V head",
             "Shazeer 2019",
+            fixed={"num_kv_heads": 1},
         ),
         Variant(
             "sliding_window",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import importlib.util
 import inspect
 import logging
 import os
@@ -78,10 +79,31 @@ def attention_settings(cfg: DictConfig) -> dict[str, Any]:
     return {key: value for key, value in attention.items() if key != "name"}
 
 
+_warned_plain: set[tuple[str, int]] = set()  # once per process: a sweep validates each job twice
+
+
+def _warn_if_plain_multihead(name: str, knobs: Mapping[str, Any]) -> None:
+    """gqa with as many K/V heads as query heads shares nothing: it is multi-head attention under another name
+    (README's own sweep example did this). Allowed, since it can be a deliberate control, but said once."""
+    heads, kv_heads = knobs.get("num_heads"), knobs.get("num_kv_heads")
+    if kv_heads is None or kv_heads != heads or (name, heads) in _warned_plain:
+        return
+    _warned_plain.add((name, heads))
+    shared = [d for d in range(1, heads) if heads % d == 0]
+    fix = f"set attention.num_kv_heads to one of {shared} to share K/V heads" if shared else "use attention=multihead"
+    log.warning(
+        "attention=%s with attention.num_kv_heads=%d = attention.num_heads: every query head has its own K/V head, "
+        "which is plain multi-head attention (attention=multihead); %s",
+        name,
+        kv_heads,
+        fix,
+    )
+
+
 def _check_attention(cfg: DictConfig) -> None:
     name = cfg.attention.get("name")
     settings = attention_settings(cfg)
-    resolve_knobs(name, settings)  # unknown variant or setting, wrong type -> AttentionConfigError (a UserError)
+    knobs = resolve_knobs(name, settings)  # unknown variant or setting, wrong type: AttentionConfigError (UserError)
     context = cfg.model.context_length
     for key, value in settings.items():
         rule = ATTENTION_RULES.get(key)
@@ -102,6 +124,7 @@ def _check_attention(cfg: DictConfig) -> None:
     window = settings.get("window")
     if window is not None and window >= context:
         log.info("attention.window=%d >= model.context_length=%d: plain causal attention", window, context)
+    _warn_if_plain_multihead(name, knobs)
     # one small layer checks the rules between settings (heads divide the width, kv heads divide heads)
     # and the position scheme: alibi with linear, rope with an odd head width
     position = {"position": cfg.model.get("position", "learned"), "rope_base": cfg.model.get("rope_base", 10000.0)}
@@ -256,6 +279,7 @@ TOP_LEVEL = (
     "seed",
     "compile",
     "ckpt_path",
+    "tuned",
 )
 
 
@@ -273,6 +297,46 @@ def _check_keys(cfg: DictConfig) -> None:
             raise ConfigError(f"{name} is not a setting: {hint}remove it (the settings here: {listing}).")
 
 
+def _check_tuned(cfg: DictConfig) -> None:
+    """`tuned=<file>`: readable, every entry valid (the reader lives with the search that writes the file)."""
+    if cfg.get("tuned") is not None:
+        from .tuned import read_tuned  # imports this module: loaded on use
+
+        read_tuned(cfg.tuned)
+
+
+# The optional packages each logger class needs, by the last part of its `_target_` (training/loggers.py). The
+# SQLite store of conf/logger/mlflow.yaml also needs SQLAlchemy and Alembic, which mlflow-skinny does not bring.
+LOGGER_PACKAGES: dict[str, tuple[str, ...]] = {
+    "MLflowRun": ("mlflow",),
+    "MLFlowLogger": ("mlflow",),
+    "WandbRun": ("wandb",),
+    "WandbLogger": ("wandb",),
+}
+SQL_STORE_PACKAGES = ("sqlalchemy", "alembic")
+LOGGERS_INSTALL = 'pip install -e ".[loggers]"'
+
+
+def missing_logger_packages(node: Mapping[str, Any]) -> list[str]:
+    """The modules that the logger configured by `node` needs and that are not installed (nothing is imported)."""
+    kind = str(node.get("_target_") or "").rsplit(".", 1)[-1]
+    needed = LOGGER_PACKAGES.get(kind, ())
+    if "mlflow" in needed and str(node.get("tracking_uri") or "").startswith("sqlite:"):
+        needed += SQL_STORE_PACKAGES
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
+def _check_loggers(cfg: DictConfig) -> None:
+    """`logger=mlflow` / `logger=wandb` (optional extras) without their packages: one line naming the install."""
+    for name, node in (cfg.get("logger") or {}).items():
+        missing = missing_logger_packages(node) if OmegaConf.is_dict(node) else []
+        if missing:
+            raise ConfigError(
+                f"logger={name} needs {', '.join(missing)}, which is not installed: run {LOGGERS_INSTALL} "
+                "(the optional loggers), or choose another logger, e.g. logger=tensorboard."
+            )
+
+
 def validate(cfg: DictConfig, multirun: bool = False) -> None:
     """Every cheap check, before any tokenizing, model building or trainer start. Raises a UserError."""
     _check_keys(cfg)
@@ -280,7 +344,9 @@ def validate(cfg: DictConfig, multirun: bool = False) -> None:
     schemas = {**SECTIONS, "data": data_schema(containers["data"].get("_target_"))}
     for name, schema in schemas.items():
         check_section(f"{name}.", schema, containers[name])
-    check_section("", RunSchema, {key: cfg.get(key) for key in ("seed", "compile", "ckpt_path")})
+    check_section("", RunSchema, {key: cfg.get(key) for key in ("seed", "compile", "ckpt_path", "tuned")})
+    _check_tuned(cfg)
+    _check_loggers(cfg)
     _check_attention(cfg)
     _check_data(cfg)
     _check_hardware(cfg, multirun)

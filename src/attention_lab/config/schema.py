@@ -117,6 +117,7 @@ class DataSchema:
     val_fraction: float = setting(float, lambda v: 0 < v < 1, "a number strictly between 0 and 1", "0.1")
     num_workers: int = non_negative_int("0")
     cache_dir: str = setting(str, expect="a folder", example=".cache/attention-lab", optional=True)
+    tokenize_workers: int = positive_int("2", optional=True)  # null: min(4, CPUs); 1: in the run's process
 
 
 @dataclass
@@ -195,6 +196,9 @@ class RunSchema:
     compile: bool = setting(bool, expect="true or false", example="false")
     ckpt_path: str = setting(
         str, expect="the path of a .ckpt file", example="'<run>/checkpoints/last.ckpt'", optional=True
+    )
+    tuned: str = setting(  # training/tuning.py reads it: this run's variant's entry sets its optim settings
+        str, expect="null or a file of tuned settings per variant", example="outputs/tuned/lr.yaml", optional=True
     )
 
 

@@ -1,4 +1,5 @@
-"""Callbacks that make runs comparable in TensorBoard: attention maps, text samples, throughput, hparams.
+"""Callbacks that make runs comparable in TensorBoard (and MLflow, W&B): attention maps, text samples,
+throughput, hparams, and the Custom Scalars layout that opens on the losses.
 
 Everything here runs at validation or at logging intervals, never per step: figures are rendered once per
 validation, and device syncs happen only where a number is written.
@@ -18,6 +19,7 @@ from ..flops import training_flops_per_token
 from ..model import GPT
 from ..sampling import generate
 from ..viz import attention_entropy, attention_grid
+from .loggers import log_hyperparams, log_images, takes_images
 from .memory import peak_mb
 
 
@@ -78,15 +80,23 @@ class AttentionMaps(L.Callback):
         with torch.no_grad():
             _, weights = model(idx, return_weights=True)  # per layer (1, H, T, T)
         labels = [_label(tokenizer, i) for i in ids]
-        tb, step, scalars = tensorboard(trainer), logging_step(trainer), {}
+        step, scalars, images = logging_step(trainer), {}, {}
+        draw = takes_images(trainer)
         for layer, w in enumerate(weights):
             w = w[0].float()  # (H, T, T)
             scalars.update(entropy_scalars(model.blocks[layer].attn, layer, w))
-            if tb is not None:
-                image = attention_grid(w.cpu(), labels, title=f"layer {layer} - step {step}")
-                tb.experiment.add_image(f"attention/layer_{layer}", image, step, dataformats="HWC")
+            if draw:
+                title = f"layer {layer} - step {step}"
+                images[f"attention/layer_{layer}"] = attention_grid(w.cpu(), labels, title=title)  # (Himg, Wimg, 3)
+        log_images(trainer, images, step)  # every logger that records images: TensorBoard, MLflow, W&B
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step)
+
+
+# Per-head entropy joins the other per-head numbers (telemetry.HEADS_PREFIX, `mech_heads/<score>/L{l}H{h}`): one
+# TensorBoard section that can stay collapsed, instead of a top-level group of n_layers x n_heads charts that
+# sorted first and opened before the losses.
+ENTROPY_PREFIX = "mech_heads/entropy"
 
 
 def entropy_scalars(attention: torch.nn.Module, layer: int, weights: torch.Tensor) -> dict[str, float]:
@@ -96,7 +106,7 @@ def entropy_scalars(attention: torch.nn.Module, layer: int, weights: torch.Tenso
     if not getattr(attention, "weights_sum_to_one", True):
         return {}
     values = attention_entropy(weights).tolist()
-    return {f"attention_entropy/layer_{layer}/head_{head}": value for head, value in enumerate(values)}
+    return {f"{ENTROPY_PREFIX}/L{layer}H{head}": value for head, value in enumerate(values)}
 
 
 class TextSample(L.Callback):
@@ -150,6 +160,7 @@ class Throughput(L.Callback):
         self.every = max(1, log_every_n_steps)
         self.tokens = 0
         self.seconds = 0.0
+        self.last_tokens_per_sec: float | None = None  # the last closed interval's (the progress bar shows it)
         self._interval_tokens = 0
         self._interval_batches = 0
         self._interval_seconds = 0.0  # training time of the open interval, validations excluded
@@ -223,6 +234,7 @@ class Throughput(L.Callback):
         if self._interval_batches >= self.every:
             elapsed, tokens, batches = self._close_interval(pl_module)
             if elapsed > 0:
+                self.last_tokens_per_sec = tokens / elapsed
                 pl_module.log("throughput/tokens_per_sec", tokens / elapsed, rank_zero_only=True)
                 if self.flops_per_token is not None:
                     flops_per_sec = tokens / elapsed * self.flops_per_token
@@ -252,16 +264,48 @@ class Throughput(L.Callback):
 
 
 class HParams(L.Callback):
-    """Fills TensorBoard's HParams tab: the flattened config with a real metric (`hp/val_loss`).
+    """The flattened config to every logger; for TensorBoard's HParams tab with a real metric (`hp/val_loss`).
 
     Lightning's own call logs no metric when `default_hp_metric=False`; this one registers `hp/val_loss`
-    (first value: the loss of a uniform guess, log(vocab)), which validation then keeps updating.
+    (first value: the loss of a uniform guess, log(vocab)), which validation then keeps updating. MLflow and
+    W&B get the same parameters (loggers.log_hyperparams) and every scalar, `hp/val_loss` included.
     """
 
     def __init__(self, params: dict[str, Any], initial_loss: float):
         self.params, self.initial_loss = params, initial_loss
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            log_hyperparams(trainer, self.params, {"hp/val_loss": self.initial_loss})
+
+
+# TensorBoard's Custom Scalars tab, in this order: losses first. Chart tags are regular expressions.
+SCALARS_LAYOUT: dict[str, dict[str, list]] = {
+    "loss": {
+        "train and val loss": ["Multiline", [r"^train/loss$", r"^val/loss$"]],
+        "val perplexity": ["Multiline", [r"^val/ppl$"]],
+        "val accuracy (recall probes)": ["Multiline", [r"^val/acc$"]],
+        "val loss by length (eval.lengths)": ["Multiline", [r"^val_len/[^/]+/loss$"]],
+    },
+    "speed": {
+        "tokens/s": ["Multiline", [r"^throughput/tokens_per_sec$"]],
+        "step time (ms)": ["Multiline", [r"^time/step_ms$"]],
+        "peak memory (MB)": ["Multiline", [r"^memory/peak_mb$"]],
+    },
+    "mechanisms": {
+        "induction, previous token (best head)": ["Multiline", [r"^mech/induction_best$", r"^mech/prev_token_best$"]],
+        "sink mass (mean)": ["Multiline", [r"^mech/sink_mass_mean$"]],
+        "attention distance (mean, tokens)": ["Multiline", [r"^mech/distance_mean$"]],
+    },
+    "schedule": {"learning rate": ["Multiline", [r"^lr$"]]},
+}
+
+
+class ScalarsLayout(L.Callback):
+    """Writes SCALARS_LAYOUT once per run: TensorBoard's Custom Scalars tab then opens on the losses (train and
+    val in one chart) whatever other groups a run logs; TensorBoard merges the same layout from every run."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tb = tensorboard(trainer)
         if tb is not None and trainer.is_global_zero:
-            tb.log_hyperparams(self.params, {"hp/val_loss": self.initial_loss})
+            tb.experiment.add_custom_scalars(SCALARS_LAYOUT)

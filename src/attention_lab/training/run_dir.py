@@ -8,9 +8,14 @@ one folder, and a later `mkdir(exist_ok=True)` by Hydra finds it in place.
 
 Under SLURM the folder is named by the job id instead of the time (`slurm_or`). A job that SLURM requeues
 (Lightning's SIGUSR1 handler saves `hpc_ckpt_<n>.ckpt` and calls `scontrol requeue`) starts again with
-`SLURM_RESTART_COUNT` > 0: it reuses that folder instead of reserving a new one, and `requeue_checkpoint()`
-gives the task the newest checkpoint in it to resume from. Ranks started by srun (`SLURM_PROCID` > 0) join
-the folder of rank 0 the same way.
+`SLURM_RESTART_COUNT` > 0: it reuses that folder instead of reserving a new one. Ranks started by srun
+(`SLURM_PROCID` > 0) join the folder of rank 0 the same way. (A job of a sweep submitted with
+`hydra/launcher=slurm` is in the sweep folder the login node made, whatever its job id.)
+
+`earlier_attempt()` says what an earlier attempt of the job left in its folder: a finished record to keep, or the
+newest checkpoint (`hpc_ckpt_<n>.ckpt` or `checkpoints/last.ckpt`) to resume from. That is a requeued SLURM job,
+or a job of a sweep resumed in its own folder (`hydra.sweep.dir=<its folder>` with the command that made it,
+see sweep.py), which puts each job into its old folder.
 
 Hydra also resolves the *default* folder expression while composing configs whose `hydra.sweep.dir` is
 overridden (the experiment presets, a command-line override), on config objects that do not share that cache.
@@ -20,9 +25,12 @@ empty and is not the one in use, at the start of each job and when the command e
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import USAGE_EXIT
+from . import parallel
 
 MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
 MAX_TRIES = 1000
@@ -67,13 +76,52 @@ def joins_existing_folder() -> bool:
     )
 
 
-def requeue_checkpoint(output_dir: Path) -> Path | None:
-    """In a requeued SLURM job: the newest of Lightning's `hpc_ckpt_*.ckpt` and our `checkpoints/last.ckpt`."""
-    if not os.environ.get("SLURM_JOB_ID") or _slurm_int("SLURM_RESTART_COUNT") < 1:
-        return None
+def requeued() -> bool:
+    """This process is a SLURM job that SLURM requeued (after a preemption, or Lightning's requeue on SIGUSR1)."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and _slurm_int("SLURM_RESTART_COUNT") >= 1
+
+
+def newest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest of Lightning's `hpc_ckpt_*.ckpt` (its SLURM requeue) and our `checkpoints/last.ckpt`."""
     candidates = [*output_dir.glob("hpc_ckpt_*.ckpt"), output_dir / "checkpoints" / "last.ckpt"]
     existing = [path for path in candidates if path.is_file()]
     return max(existing, key=lambda path: path.stat().st_mtime) if existing else None
+
+
+# How an earlier attempt of a sweep job ended that a resumed sweep keeps as it is: ok, and the outcomes that the
+# same settings would only repeat (a diverged run diverges again with the same optim.lr: start a new sweep).
+KEPT = ("ok", "unsupported", "invalid", "diverged")
+
+
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """What an earlier attempt of this job left in its folder: its record (metrics.json) and newest checkpoint."""
+
+    record: dict[str, Any] | None
+    checkpoint: Path | None
+    keep: bool  # the record stands: the job is not trained again
+
+    @property
+    def status(self) -> str:
+        return str((self.record or {}).get("status", "no record"))
+
+
+def earlier_attempt(output_dir: Path, sweep_job: bool) -> EarlierAttempt | None:
+    """None for a first attempt. A sweep job keeps an earlier record whose status is in KEPT (or one whose
+    training had finished, `stopped_during` an evaluation after it) and otherwise resumes from the newest
+    checkpoint there, if any (interrupted, failed, or killed without a record). A single run has an earlier
+    attempt only when SLURM requeued it, and keeps only an `ok` record."""
+    if not sweep_job and not requeued():
+        return None
+    record = None
+    with contextlib.suppress(OSError, ValueError):
+        record = json.loads((output_dir / "metrics.json").read_text())
+    checkpoint = newest_checkpoint(output_dir)
+    if record is None and checkpoint is None:
+        return None
+    status = (record or {}).get("status")
+    keep = status == "ok" or (sweep_job and (status in KEPT or bool((record or {}).get("stopped_during"))))
+    return EarlierAttempt(record, checkpoint, keep)
 
 
 def unique_dir(base: str) -> str:
@@ -110,10 +158,11 @@ def _holds_files(folder: Path) -> bool:
     return folder.is_dir() and any(folder.iterdir())
 
 
-def _refuse_used_folder(setting: str, folder: Path) -> None:
+def _refuse_used_folder(setting: str, folder: Path, why: str | None = None) -> None:
+    resume = f" ({why}; the command that made a sweep, with {setting}={folder}, finishes it there)" if why else ""
     print(
-        f"error: {setting}={folder} already holds a run or sweep: a second one there would mix their checkpoints, "
-        f"events and records. Choose a new folder, or drop {setting} to get a unique one.",
+        f"error: {setting}={folder} already holds a run or sweep{resume}: a second one there would mix their "
+        f"checkpoints, events and records. Choose a new folder, or drop {setting} to get a unique one.",
         file=sys.stderr,
         flush=True,
     )
@@ -123,7 +172,8 @@ def _refuse_used_folder(setting: str, folder: Path) -> None:
 class FreshFolders(Callback):
     """Refuses a `hydra.run.dir` / `hydra.sweep.dir` override that points at a folder already in use, before
     Hydra writes into it. The folders unique_dir makes are new and empty; the exceptions are the processes that
-    must join an existing folder: Lightning's re-launched DDP ranks and a requeued SLURM job."""
+    must join an existing folder: Lightning's re-launched DDP ranks, a requeued SLURM job, and a sweep resumed in
+    its own folder by the command that made it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if os.environ.get("LOCAL_RANK") or joins_existing_folder():
@@ -136,12 +186,23 @@ class FreshFolders(Callback):
         if joins_existing_folder():
             return
         folder = Path(config.hydra.sweep.dir)
-        if _holds_files(folder):
-            _refuse_used_folder("hydra.sweep.dir", folder)
+        if not _holds_files(folder):
+            return
+        from .sweep import resume_refusal
+
+        refusal = resume_refusal(folder, config)
+        if refusal is None:  # the same sweep: finish it there (sweep.py)
+            print(f"resuming the sweep in {folder}", file=sys.stderr, flush=True)
+            return
+        _refuse_used_folder("hydra.sweep.dir", folder, refusal)
 
 
 def register_resolvers() -> None:
+    from .job_names import job_suffix  # imports sweep.py, which needs this module's neighbours first
+
     OmegaConf.register_new_resolver("run_suffix", run_suffix, replace=True)
+    OmegaConf.register_new_resolver("job_suffix", job_suffix, replace=True)  # sweep job folders
     OmegaConf.register_new_resolver("slurm_or", slurm_or, replace=True)
+    OmegaConf.register_new_resolver("parallel_jobs", parallel.parallel_jobs, replace=True)  # hydra/launcher=parallel
     # use_cache: resolved once per run or sweep (Hydra copies the cache into each job's config)
     OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True, use_cache=True)

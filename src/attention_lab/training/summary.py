@@ -10,10 +10,13 @@ import json
 import math
 import os
 import shlex
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -176,11 +179,52 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any]) -> None:
         f"\nattention={metrics['attention']}  val loss {fmt(metrics['val_loss'], '.4f')}  "
         f"val ppl {fmt(metrics['val_ppl'], '.2f')}  best val loss {fmt(metrics['best_val_loss'], '.4f')}  "
         f"{accuracy}{fmt(metrics['tokens_per_sec'], ',.0f')} tokens/s  {metrics['wall_time_sec']:.0f} s\n"
-        f"run folder: {out}\nTensorBoard: tensorboard --logdir {Path(cfg.paths.log_dir)}\n"
+        f"run folder: {out}\n{tensorboard_hint(cfg.paths.log_dir)}\n"
         f"{_by_length_line(metrics)}"
         f"to train further: {extend}\n",
         flush=True,
     )
+
+
+# The Time Series dashboard's first cards: TensorBoard reads pinned cards and the smoothing from the page's URL.
+PINNED_SCALARS = ("val/loss", "train/loss", "val/ppl")
+TENSORBOARD_PORT = 6006
+
+
+def _shown(path: str | Path) -> str:
+    """A path as a user would type it: relative to the working directory when under it."""
+    path = Path(path)
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def tensorboard_command(logdir: str | Path) -> str:
+    """A TensorBoard command that works from this shell as it is: `tensorboard` when the venv is active (it is
+    on PATH), else the venv's own script (`.venv/bin/tensorboard`), else this Python's `-m tensorboard.main`.
+    A plain `tensorboard --logdir outputs` fails ("command not found") when the venv is not activated."""
+    script = Path(sys.executable).with_name("tensorboard")
+    on_path = shutil.which("tensorboard")
+    if on_path and script.is_file() and Path(on_path).resolve() == script.resolve():
+        exe = "tensorboard"
+    elif script.is_file():
+        exe = shlex.quote(_shown(script))
+    else:
+        exe = f"{shlex.quote(_shown(sys.executable))} -m tensorboard.main"
+    # TensorBoard keeps 10 images per tag unless told otherwise: an attention map per validation needs more
+    return f"{exe} --logdir {shlex.quote(_shown(logdir))} --samples_per_plugin images=100"
+
+
+def tensorboard_url(port: int = TENSORBOARD_PORT) -> str:
+    """The page with the loss and perplexity cards pinned on top and smoothing off: with a few validation points,
+    the default smoothing (0.6) draws a final val loss that no validation measured."""
+    cards = ",".join(f'{{"plugin":"scalars","tag":"{tag}"}}' for tag in PINNED_SCALARS)
+    return f"http://localhost:{port}/?pinnedCards={quote(f'[{cards}]', safe='')}&smoothing=0#timeseries"
+
+
+def tensorboard_hint(logdir: str | Path) -> str:
+    return f"TensorBoard: {tensorboard_command(logdir)}\n  then open {tensorboard_url()}"
 
 
 def _by_length_line(metrics: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ import sys
 import time
 import traceback
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +48,19 @@ from ..checkpoint import (
     read_checkpoint,
 )
 from ..errors import USAGE_EXIT, UserError
-from . import sweep
+from . import parallel, sweep
 from .callbacks import HParams
 from .guards import LastCheckpoint, RunDiverged, RunGuard, RunInterrupted, SignalFlag, StopNow
+from .hparams import attention_hparams
 from .length_eval import LengthEval
 from .lit_module import GPTLitModule
 from .optim import effective_warmup
 from .param_match import ParamMatch, ParamMatchReport, resolve_match
-from .run_dir import register_resolvers, release_unused, requeue_checkpoint
+from .progress import quiet_library_noise
+from .run_dir import earlier_attempt, register_resolvers, release_unused
 from .summary import RunSummary, write_metrics
-from .sweep import format_invalid_jobs, format_stopped_sweep, invalid_jobs, stopped_sweep_report, sweep_jobs
+from .sweep import format_stopped_sweep, stopped_sweep_report
+from .tuning import apply_tuned
 
 log = logging.getLogger(__name__)
 DIVERGED_EXIT = 3
@@ -125,6 +129,12 @@ def flat_hparams(cfg: DictConfig, module: GPTLitModule) -> dict[str, Any]:
         for key, value in config.flatten(sections).items()
     }
     flat["model.layers"] = config.attention_label(cfg) if cfg.model.get("layers") is not None else "none"
+    # every variant's settings in every run, with effective values (the HParams tab drops runs missing a column)
+    flat.update(
+        attention_hparams(
+            cfg.attention.name, config.attention_settings(cfg), cfg.model.d_model, cfg.model.context_length
+        )
+    )
     flat.update({f"params/{key}": value for key, value in module.model.num_params().items()})
     flat["kv_cache_bytes_per_token"] = module.model.kv_cache_bytes_per_token()
     return flat
@@ -161,6 +171,7 @@ class ValidateAtLastStep(L.Callback):
 
 def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """Validate, build and fit; returns the metrics. From the first line a signal stops the run cleanly."""
+    quiet_library_noise()  # Lightning's adverts and repeated device lines, warnings about its own internals
     flag = SignalFlag()
     flag.install()
     try:
@@ -171,19 +182,19 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
 
 def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     started = time.time()  # wall clock: comparable across the spawned workers of ddp_spawn
+    output_dir = Path(cfg.paths.output_dir)
+    earlier = earlier_attempt(output_dir, multirun)  # a job of a resumed sweep, or a job SLURM requeued
+    if earlier is not None and earlier.keep:
+        log.warning("%s ended %s in an earlier attempt: kept as it is, not trained again", output_dir, earlier.status)
+        return earlier.record or {}
+    if earlier is not None and earlier.checkpoint is not None:  # the folder's newest checkpoint wins over ckpt_path
+        log.warning("resuming %s (earlier attempt: %s) from %s", output_dir, earlier.status, earlier.checkpoint)
+        with open_dict(cfg):
+            cfg.ckpt_path = str(earlier.checkpoint)
+    tuned = apply_tuned(cfg)  # tuned=<file>: this variant's optim settings, validated below like typed ones
     config.validate(cfg, multirun)
     model_settings(cfg, None)  # model.match_params: a match no MLP width can reach fails before the corpus is read
     checkpoint = None
-    output_dir = Path(cfg.paths.output_dir)
-    requeued = requeue_checkpoint(output_dir)  # in a requeue the folder's newest checkpoint wins over ckpt_path
-    if requeued is not None:
-        record = output_dir / "metrics.json"
-        if record.is_file() and json.loads(record.read_text()).get("status") == "ok":
-            log.warning("SLURM requeued a job that had finished (%s): nothing to do", output_dir)
-            return json.loads(record.read_text())  # its record is kept as it is
-        log.warning("SLURM requeued this job: resuming from %s", requeued)
-        with open_dict(cfg):
-            cfg.ckpt_path = str(requeued)
     if cfg.ckpt_path is not None:
         checkpoint = read_checkpoint(cfg.ckpt_path)  # the one read of the file, weights_only=True
         check_resumable(checkpoint, cfg)
@@ -230,6 +241,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
         HParams(flat_hparams(cfg, module), initial_loss=math.log(datamodule.vocab_size)),
         ValidateAtLastStep(),
         *([ParamMatchReport(match)] if match is not None else []),  # metrics.json's param_match
+        *([tuned] if tuned is not None else []),  # metrics.json's tuned
         *_length_eval(cfg, flag),  # at on_train_end, so its results are there when the summary collects at on_fit_end
         summary,
     ]
@@ -273,7 +285,8 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
 
 
 def _is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    ranks = ("LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")  # SLURM_PROCID: the ranks srun starts (multi-node jobs)
+    return all(int(os.environ.get(name) or 0) == 0 for name in ranks)
 
 
 def _record(out: Path, status: str, cfg: DictConfig, exc: BaseException) -> None:
@@ -310,32 +323,21 @@ def _stop_sweep(out: Path) -> None:
     print(format_stopped_sweep(report, sweep_dir), file=sys.stderr, flush=True)
 
 
-def _check_every_job(out: Path) -> None:
-    """Job 0 of a sweep validates every job first; any invalid one stops the sweep before anything trains,
-    and the sweep folder (only Hydra's files so far) is removed like a single run's."""
-    sweep_dir = Path(HydraConfig.get().sweep.dir)
-    problems = invalid_jobs(sweep_dir)
-    if not problems:
-        return
-    jobs = sweep_jobs(sweep_dir) or []
-    print(format_invalid_jobs(problems, len(jobs)), file=sys.stderr, flush=True)
-    _remove_new_run_folder(out)
-    if {p.name for p in sweep_dir.iterdir()} <= {"multirun.yaml"}:
-        shutil.rmtree(sweep_dir, ignore_errors=True)
-    raise SystemExit(USAGE_EXIT)
-
-
 def main(cfg: DictConfig) -> float:
     """Hydra entry: returns the final val loss, the metric a sweeper optimises."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     out = Path(cfg.paths.output_dir)
     release_unused(out)
-    if multirun:
-        sweep.last_sweep_dir = Path(HydraConfig.get().sweep.dir)
-    if multirun and int(HydraConfig.get().job.num) == 0:
-        _check_every_job(out)
+    # every job was checked before the first started (sweep.SweepControl, in the launching process)
+    kind = parallel.launcher_kind(HydraConfig.get().launcher.get("_target_")) if multirun else "in_process"
+    worker = parallel.in_worker(kind)  # beside other jobs, in a process of its own: it must return, not raise
+    sweep_dir = Path(HydraConfig.get().sweep.dir) if multirun else out
+    if worker and parallel.stop_requested(sweep_dir) is not None:  # the sweep was stopped before this job began
+        shutil.rmtree(out, ignore_errors=True)
+        return float("inf")
     try:
-        return train(cfg, multirun)["val_loss"] or float("inf")
+        with parallel.job_devices(cfg, kind), parallel.stop_watch(sweep_dir) if worker else nullcontext():
+            return train(cfg, multirun).get("val_loss") or float("inf")
     except UnsupportedPosition as err:
         if not multirun:
             _remove_new_run_folder(out)
@@ -356,14 +358,18 @@ def main(cfg: DictConfig) -> float:
         resume = _recorded_resume(out)
         if resume:
             print(f"resume: {resume}", file=sys.stderr, flush=True)
-        if multirun:
+        # a one-process sweep stops here; local workers' launcher reports the stopped sweep itself, and the other
+        # jobs of a SLURM array run on (this one is requeued, or the sweep is resumed later)
+        if multirun and not worker and kind != "slurm":
             _stop_sweep(out)
-        raise
+        if not worker:
+            raise
     except StopNow as stop:  # before training started: nothing trained, nothing to resume
         print(f"\nstopped before training started: nothing was trained (exit {stop.code})", file=sys.stderr)
         if not multirun:
             _remove_new_run_folder(out)
-        raise
+        if not worker:
+            raise
     except RunDiverged as exc:
         last = out / "checkpoints" / "last.ckpt"
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
