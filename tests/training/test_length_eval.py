@@ -223,7 +223,9 @@ def test_no_lengths_leave_no_keys(finished_run: Path) -> None:
     assert not {"val_loss_by_length", "eval_not_applicable", "eval_tokens", "loss_by_position"} & set(saved)
 
 
-@pytest.mark.parametrize("value", ["[0]", "[a]", "[1,-2]"])
+@pytest.mark.parametrize(
+    "value", ["[0]", pytest.param("[a]", marks=pytest.mark.slow), pytest.param("[1,-2]", marks=pytest.mark.slow)]
+)
 def test_bad_lengths_exit_2_naming_the_setting(tmp_path: Path, corpus: Path, capsys, value: str) -> None:
     code = run_cli([*tiny(corpus=corpus), f"eval.lengths={value}"], tmp_path / "outputs")
     stderr = capsys.readouterr().err
