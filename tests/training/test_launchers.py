@@ -113,6 +113,7 @@ def test_a_parallel_gpu_job_trains_on_the_devices_it_took(tmp_path: Path, monkey
 
 
 def test_the_launching_process_turns_a_signal_into_a_stop_request(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGINT)  # an earlier test in this process may have installed its own
     handlers = parallel.ParentSignals(tmp_path)
     handlers.install()
     try:
@@ -124,7 +125,7 @@ def test_the_launching_process_turns_a_signal_into_a_stop_request(tmp_path: Path
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         handlers.restore()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_running_job_receives_the_stop_request_as_sigterm(tmp_path: Path) -> None:
