@@ -6,6 +6,7 @@ Everything here is small (d_model=32, T<=16, B=2) so the whole suite stays fast 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,6 +16,17 @@ from torch import nn
 from attention_lab.attention import build_attention
 from attention_lab.model import GPT
 from tests.helpers import CONTEXT_LENGTH, D_MODEL, attention_knobs
+
+QUICK_BUDGET = Path(__file__).with_name("quick_budget.txt")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the tests listed in quick_budget.txt slow: each takes a fraction of a second, but hundreds of them
+    made `pytest -m "not slow"` too slow for a quick run. They still run in CI."""
+    listed = {line.strip() for line in QUICK_BUDGET.read_text().splitlines() if line.strip() and line[0] != "#"}
+    for item in items:
+        if item.nodeid in listed:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
