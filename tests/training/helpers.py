@@ -180,6 +180,23 @@ def wait_for(condition: Callable[[], Any], what: str, process: subprocess.Popen 
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
+def signal_when(
+    args: Sequence[str], tmp_path: Path, condition: Callable[[], Any], what: str, signum: int, timeout: float = 180
+) -> tuple[int, str]:
+    """Start scripts/train.py with `args`, wait until `condition()` holds (a checkpoint exists: mid-training),
+    send `signum`; returns (exit status, stderr). The process never outlives the test."""
+    process = start_script(args, tmp_path)
+    try:
+        wait_for(condition, what, process)
+        process.send_signal(signum)
+        code = process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return code, (tmp_path / "stderr.txt").read_text()
+
+
 # --------------------------------------------------------------------------------------------- the clock
 class FrozenClock(datetime.datetime):
     """`datetime` whose now() never moves: Hydra's `${now:...}` folder names then collide as they do for two

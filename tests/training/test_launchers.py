@@ -34,9 +34,8 @@ from tests.training.helpers import (
     read_metrics,
     run_folders,
     run_script,
-    start_script,
+    signal_when,
     tiny,
-    wait_for,
 )
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -229,17 +228,9 @@ def test_a_signal_stops_a_parallel_sweep_at_step_boundaries_and_the_sweep_resume
         callback_override("start", StartStepFile),
         "seed=1,2,3",
     ]
-    process = start_script(args, tmp_path)
-    try:
-        sweeps = tmp_path / "outputs" / "sweeps"
-        wait_for(lambda: len(list(sweeps.glob("*/*/checkpoints/last.ckpt"))) >= 2, "two checkpoints", process)
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    stderr = (tmp_path / "stderr.txt").read_text()
+    sweeps = tmp_path / "outputs" / "sweeps"
+    two = lambda: len(list(sweeps.glob("*/*/checkpoints/last.ckpt"))) >= 2  # noqa: E731
+    code, stderr = signal_when(args, tmp_path, two, "two checkpoints", signal.SIGTERM)
     assert code == 143, stderr[-3000:]
     assert "Traceback" not in stderr
     (sweep,) = run_folders(tmp_path / "outputs", "sweeps")

@@ -23,9 +23,8 @@ from tests.training.helpers import (
     read_metrics,
     run_cli,
     run_folders,
-    start_script,
+    signal_when,
     tiny,
-    wait_for,
 )
 
 FOREVER = "trainer.max_steps=100000"  # the run must still be training when the signal arrives
@@ -39,16 +38,8 @@ def first_match(folder: Path, pattern: str) -> Path | None:
 def stop_after_first_checkpoint(args: list[str], tmp_path: Path, pattern: str, signum: int) -> tuple[int, str]:
     """Start scripts/train.py, wait until `pattern` (a checkpoint under outputs/) exists, a little more so the
     run is mid-training, send `signum`; returns (exit status, stderr)."""
-    process = start_script(args, tmp_path)
-    try:
-        wait_for(lambda: first_match(tmp_path / "outputs", pattern), f"a checkpoint ({pattern})", process)
-        process.send_signal(signum)
-        code = process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    return code, (tmp_path / "stderr.txt").read_text()
+    found = lambda: first_match(tmp_path / "outputs", pattern)  # noqa: E731 (named for the line's length)
+    return signal_when(args, tmp_path, found, f"a checkpoint ({pattern})", signum, timeout=120)
 
 
 @pytest.mark.slow  # a subprocess run: several seconds

@@ -30,9 +30,8 @@ from tests.training.helpers import (
     read_metrics,
     run_cli,
     run_folders,
-    start_script,
+    signal_when,
     tiny,
-    wait_for,
 )
 
 GQA = {"lr": 0.0042, "warmup_steps": 7, "val_loss": 2.1, "trials": 8, "budget": {"n_trials": 8, "max_steps": 150}}
@@ -321,17 +320,11 @@ def test_a_signal_stops_a_search_and_no_tuned_value_is_written(tmp_path: Path) -
     """Our signal handling under the Optuna sweeper: the trial stops with a checkpoint and exit 143, the sweep
     records how it stopped, and a study without a finished trial writes no value (nor touches the project file)."""
     args = ["hparams_search=lr", *tiny("gqa"), "attention=gqa", *LEAN_CALLBACKS, "trainer.max_steps=100000"]
-    process = start_script([*args, "trainer.val_check_interval=5"], tmp_path)
-    try:
-        pattern = "sweeps/*_tune_lr_gqa/0_*/checkpoints/last.ckpt"
-        wait_for(lambda: next((tmp_path / "outputs").glob(pattern), None), "a checkpoint of trial 0", process)
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    stderr = (tmp_path / "stderr.txt").read_text()
+    pattern = "sweeps/*_tune_lr_gqa/0_*/checkpoints/last.ckpt"
+    trial_0 = lambda: next((tmp_path / "outputs").glob(pattern), None)  # noqa: E731
+    code, stderr = signal_when(
+        [*args, "trainer.val_check_interval=5"], tmp_path, trial_0, "a checkpoint of trial 0", signal.SIGTERM, 120
+    )
     assert code == 143, stderr[-3000:]
     (sweep,) = run_folders(tmp_path / "outputs", "sweeps")
     (trial,) = [p for p in sweep.iterdir() if p.is_dir()]
