@@ -8,16 +8,24 @@ ids, and training on them would fail silently, so a read re-checks everything: t
 size against the count (a truncation costs no read), then the checksum and the largest id in one streaming
 pass (~1 s per GB, in bounded memory). Any mismatch costs a warning naming the failed check and a
 re-tokenization, which rewrites both files. During the run the file is only mapped, never loaded whole.
+
+Jobs of a parallel sweep and DDP ranks start together on the same cold cache. Each run remembers the identity
+of the file it verified and refuses a file replaced under it, so two jobs that both tokenized and both renamed
+their result into place would fail one of them. A lock on the cache folder prevents that: reads verify under a
+shared lock, and a job that must write takes the exclusive lock, looks again (the job that held it may have
+just written a good cache) and only then tokenizes. A good cache is never replaced.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -138,15 +146,37 @@ def _verified_file(path: Path, key: dict[str, Any], vocab_size: int) -> TokenFil
     return TokenFile(path, dtype, 0, num_ids, identity)
 
 
-def _read_cache(path: Path, key: dict[str, Any], vocab_size: int) -> TokenFile | None:
+def _read_cache(path: Path, key: dict[str, Any], vocab_size: int, warn: bool = True) -> TokenFile | None:
     """The verified cache, or None (with a warning unless the cache is simply cold) to re-tokenize."""
     if not path.is_file() and not sidecar_path(path).is_file():
         return None
     try:
         return _verified_file(path, key, vocab_size)
     except _CacheMismatch as err:
-        log.warning("not using the token cache %s: %s; re-tokenizing and rewriting it", path, err)
+        if warn:
+            log.warning("not using the token cache %s: %s; re-tokenizing and rewriting it", path, err)
         return None
+
+
+@contextmanager
+def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock (`flock`) on the cache folder itself, released when the block ends.
+
+    The folder, not a lock file beside the caches: nothing is added to the folder and nothing must be cleaned
+    up. A folder that cannot be created or opened (read-only) is used without a lock: nothing will be written
+    there anyway. The lock is per folder, so tokenizing one corpus briefly holds up readers of another.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 # --- writing -----------------------------------------------------------------------------------------------
@@ -215,13 +245,20 @@ def tokenize_corpus(
         return _in_memory(source, tokenizer, workers, dtype)
     key = _cache_key(text_sha256 or scan_corpus(source).sha256, tokenizer)
     path = _cache_path(key, cache_dir)
-    cached = _read_cache(path, key, tokenizer.vocab_size)
+    with _folder_lock(path.parent, exclusive=False):
+        cached = _read_cache(path, key, tokenizer.vocab_size, warn=False)
     if cached is not None:
         return cached
-    try:
-        token_file = _write_cache(path, key, tokenize_stream(source.chunks(), tokenizer, workers), dtype)
-    except OSError as err:
-        log.warning("could not write the token cache %s (%s); holding the ids in memory", path, err)
+    with _folder_lock(path.parent, exclusive=True):
+        cached = _read_cache(path, key, tokenizer.vocab_size)  # another job may have written it meanwhile
+        if cached is not None:
+            return cached
+        try:
+            token_file = _write_cache(path, key, tokenize_stream(source.chunks(), tokenizer, workers), dtype)
+        except OSError as err:
+            log.warning("could not write the token cache %s (%s); holding the ids in memory", path, err)
+            token_file = None
+    if token_file is None:
         return _in_memory(source, tokenizer, workers, dtype)
     log.info("cached %d %s tokens in %s", len(token_file), tokenizer.name, path)
     return token_file
