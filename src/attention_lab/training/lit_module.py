@@ -9,13 +9,11 @@ describes itself: `attention-lab generate` rebuilds the exact model from it with
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.core.optimizer import LightningOptimizer
 from torch import Tensor
 
 from ..model import GPT
@@ -66,25 +64,6 @@ class GPTLitModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.lr_schedulers().get_last_lr()[0])
         return loss
-
-    def optimizer_step(
-        self,
-        epoch: int,
-        batch_idx: int,
-        optimizer: torch.optim.Optimizer | LightningOptimizer,
-        optimizer_closure: Callable[[], Any] | None = None,
-    ) -> None:
-        """Step, then free the gradients at once (set to None), not when Lightning next zeroes them.
-
-        Lightning zeroes them inside the next step's closure, after the forward pass: the last step's gradients
-        (as big as the model) stay allocated through a forward that allocates all its activations. Freeing them
-        here lets the forward reuse that memory; on this CPU it made the step ~5% faster, the gap between the
-        Lightning loop and a plain one (benchmarks/results/cpu/loop_reference.json). Gradient accumulation is
-        unchanged: Lightning calls this only after the last micro-batch of a cycle. A callback's
-        `on_before_zero_grad` now finds the gradients already freed.
-        """
-        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
-        optimizer.zero_grad(set_to_none=True)
 
     def on_validation_epoch_start(self) -> None:
         # running sums on the device: no host sync per batch, and a NaN loss stays visible (no NaN filtering)
