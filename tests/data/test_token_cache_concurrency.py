@@ -8,6 +8,8 @@ as `invalid` in CI).
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import multiprocessing
 import sys
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attention_lab.data import CharTokenizer, tokenize_corpus
+from attention_lab.data import CharTokenizer, load_tokens, tokenize_corpus
 from attention_lab.data.corpus import CorpusSource
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="forks the test process (Linux)")
@@ -63,3 +65,19 @@ def test_concurrent_jobs_on_a_cold_cache_tokenize_once_and_all_read_their_ids(tm
     expected = encode(text).astype(np.int64).tolist()
     assert all(ids == expected for _, ids in outcomes)
     assert encodes.value == 1, f"{encodes.value} jobs tokenized the same cold cache"
+
+
+def test_a_filesystem_without_locks_costs_a_warning_not_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def refuse(fd: int, operation: int) -> None:
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    text = "no locks here. " * 50
+    tokenizer = CharTokenizer.from_text(text)
+    with caplog.at_level(logging.WARNING, logger="attention_lab.data.token_cache"):
+        ids = load_tokens(text, tokenizer, tmp_path)
+        again = load_tokens(text, tokenizer, tmp_path)  # the cache written without a lock is read back
+    assert ids.tolist() == again.tolist() == tokenizer.encode(text)
+    assert "could not lock the token cache folder" in caplog.text and "No locks available" in caplog.text

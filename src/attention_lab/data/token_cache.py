@@ -164,7 +164,8 @@ def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
 
     The folder, not a lock file beside the caches: nothing is added to the folder and nothing must be cleaned
     up. A folder that cannot be created or opened (read-only) is used without a lock: nothing will be written
-    there anyway. The lock is per folder, so tokenizing one corpus briefly holds up readers of another.
+    there anyway. A filesystem that refuses locks costs a warning, and the jobs go on unlocked. The lock is
+    per folder, so tokenizing one corpus briefly holds up readers of another.
     """
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,15 @@ def _folder_lock(folder: Path, exclusive: bool) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError as err:  # a filesystem without locks (some network mounts): go on as before the lock
+            log.warning(
+                "could not lock the token cache folder %s (%s): jobs that start together on a cold cache may each "
+                "tokenize, and one of them may then stop and need a restart",
+                folder,
+                err,
+            )
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
