@@ -128,6 +128,29 @@ def test_a_checkpoint_cannot_run_code(tmp_path: Path, monkeypatch: pytest.Monkey
     assert not marker.exists()
 
 
+def test_the_resume_io_reads_other_files_as_plain_tensors_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resuming installs PreloadedCheckpointIO: `ckpt_path` comes from memory, and any other file Lightning
+    reads (ddp_spawn's `.temp.ckpt`, a bare state_dict that rank 0 hands back) loads as tensors, never unpickling.
+    Found by a DDP resume test: it was checked as a run's checkpoint and the finished run failed."""
+    from attention_lab.checkpoint import PreloadedCheckpointIO
+
+    resumed = tmp_path / "last.ckpt"
+    io = PreloadedCheckpointIO(resumed, {"state_dict": {}, "hyper_parameters": {}, "from": "memory"})
+    assert io.load_checkpoint(str(resumed))["from"] == "memory"
+
+    weights = {"model.w": torch.arange(3.0)}
+    bare = tmp_path / ".temp.ckpt"
+    torch.save(weights, bare)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    assert torch.equal(io.load_checkpoint(bare)["model.w"], weights["model.w"])
+
+    marker = tmp_path / "code-ran"
+    evil = write_malicious_checkpoint(tmp_path / "evil.ckpt", marker)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        io.load_checkpoint(evil)
+    assert not marker.exists()
+
+
 # --- checkpoints of another model ---------------------------------------------------------------------------
 
 

@@ -64,7 +64,8 @@ class PreloadedCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO, except that loading returns the checkpoint we already read and verified.
 
     Lightning would otherwise read `ckpt_path` a second time, without `weights_only` when the environment
-    forces it off; any other path is read like `read_checkpoint` reads, never with pickle.
+    forces it off. Any other file is read with `weights_only=True` too, but not checked as a run's checkpoint:
+    under ddp_spawn Lightning reads back `.temp.ckpt`, the bare state_dict rank 0 hands to the main process.
     """
 
     def __init__(self, path: str | Path, checkpoint: dict[str, Any]) -> None:
@@ -74,7 +75,7 @@ class PreloadedCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if Path(path).resolve() == self.path:
             return self.checkpoint
-        return read_checkpoint(path)
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
 def _differences(saved: dict[str, Any], configured: dict[str, Any]) -> list[str]:

@@ -29,6 +29,15 @@ def test_run_folder_suffix_stays_short_and_unique() -> None:
     assert "/" not in run_suffix("data.path=a/b")
 
 
+def test_run_folder_suffix_holds_nothing_that_breaks_a_quoted_ckpt_path() -> None:
+    """Found writing a DDP resume test: `filename='step{step}'` put a quote in the folder name, and the printed
+    resume command `ckpt_path='<folder>/...'` then failed Hydra's grammar."""
+    suffix = run_suffix("""callbacks.model_checkpoint.filename='step{step}',a="x y",b=${c},d=e\\f""")
+    assert not set(suffix) & set("'\"$\\ \t"), suffix
+    assert suffix == "_callbacks.model_checkpoint.filename=_step{step}_,a=_x_y_,b=_{c},d=e_f"
+    assert run_suffix("model.layers=[sliding_window*3,multihead]") == "_model.layers=[sliding_window*3,multihead]"
+
+
 def test_unique_dir_gives_each_caller_its_own_folder(tmp_path: Path) -> None:
     # old: the run folder was the bare `<time>_<overrides>` template; two resolutions in one second gave one path
     base = str(tmp_path / "runs" / "2026-01-02_03-04-05_x")
