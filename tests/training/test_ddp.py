@@ -55,3 +55,45 @@ def test_ddp_two_cpu_processes_single_run(tmp_path: Path, corpus: Path) -> None:
     assert metrics["status"] == "ok" and metrics["global_step"] == 4
     assert metrics["tokens_seen"] == 4 * 4 * 32 * 2  # two ranks, each its own shard
     assert len(list(runs[0].glob("events.out.tfevents.*"))) == 1, "only rank 0 logs"
+
+
+def _train_losses(run: Path) -> dict[int, float]:
+    """Rank 0's train/loss per step, from the run's CSV log."""
+    rows = (run / "csv" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    step, loss = header.index("step"), header.index("train/loss")
+    return {int(r.split(",")[step]): float(r.split(",")[loss]) for r in rows[1:] if r.split(",")[loss]}
+
+
+@pytest.mark.slow  # two runs of two processes each
+def test_ddp_resumed_mid_epoch_sees_the_batches_of_an_uninterrupted_run(tmp_path: Path, corpus: Path) -> None:
+    """Each rank skips the batches of its own shard that it trained on, so the resumed run's losses are those of
+    the uninterrupted run, step for step, dropout included. Lightning's sampler wrapper restarted the epoch's
+    order instead. (trainer=ddp: a ddp_spawn resume is refused, its ranks diverge; test_config_compose.)"""
+    common = [
+        *tiny(),
+        "trainer=ddp",
+        "trainer.devices=2",
+        "data=text",
+        f"data.path={corpus}",
+        "trainer.max_steps=8",
+        "trainer.val_check_interval=4",
+        "logger=csv",
+        "trainer.log_every_n_steps=1",
+        "+callbacks.model_checkpoint.every_n_train_steps=3",
+        "callbacks.model_checkpoint.save_top_k=-1",
+        "callbacks.model_checkpoint.monitor=null",
+        "callbacks.model_checkpoint.filename='step{step}'",
+    ]
+    first = run_script(common, tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (full,) = run_folders(tmp_path / "outputs")
+    ckpt = full / "checkpoints" / "step3.ckpt"
+    assert ckpt.is_file(), sorted(p.name for p in (full / "checkpoints").iterdir())
+    second = run_script([*common, f"ckpt_path='{ckpt}'"], tmp_path)  # quoted, as the printed resume command
+    assert second.returncode == 0, second.stderr[-8000:]
+    resumed = next(run for run in run_folders(tmp_path / "outputs") if run != full)
+    reference, after = _train_losses(full), _train_losses(resumed)
+    assert sorted(after) == list(range(3, 8)), "the resumed run trains steps 3..7"
+    for step in sorted(after):
+        assert after[step] == pytest.approx(reference[step], abs=1e-5), step

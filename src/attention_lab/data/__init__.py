@@ -33,6 +33,7 @@ from .tokenizers import (
 )
 from .windows import (
     EpochShuffleSampler,
+    ShardSampler,
     TokenWindows,
     WindowBatch,
     check_corpus_fits,
@@ -50,6 +51,7 @@ __all__ = [
     "DataConfigError",
     "EpochShuffleSampler",
     "GPT2Tokenizer",
+    "ShardSampler",
     "TextDataModule",
     "TokenFile",
     "TokenWindows",

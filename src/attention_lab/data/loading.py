@@ -2,7 +2,10 @@
 
 Both modules shuffle with EpochShuffleSampler (order fixed by the seed and the epoch, independent of the model,
 which common random numbers rely on) and skip the batches a checkpoint had already trained on, so a resumed run
-sees exactly the batches an uninterrupted one would.
+sees exactly the batches an uninterrupted one would. Under DDP the loaders shard themselves (each rank its part
+of the train order, and of the val split with no window repeated), so the trainer is built with
+`use_distributed_sampler=False`: Lightning's wrapper would list every rank's indices and could not resume
+mid-epoch.
 """
 
 from __future__ import annotations
@@ -10,23 +13,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .windows import EpochShuffleSampler, collate_windows
+from .windows import EpochShuffleSampler, ShardSampler, collate_windows
 
 
 def batches_done_this_epoch(trainer: Any, num_items: int, batch_size: int) -> int:
-    """Batches of the current epoch already trained on when resuming from a checkpoint (else 0)."""
+    """Batches of the current epoch each rank already trained on when resuming from a checkpoint (else 0)."""
     if trainer is None or trainer.ckpt_path is None:
         return 0
-    if trainer.world_size > 1:
-        # Lightning wraps the sampler per rank (DistributedSamplerWrapper), which a skip would break:
-        # a multi-device resume restarts the epoch's order instead (Lightning warns about it).
-        return 0
-    per_epoch = num_items // batch_size  # drop_last
+    per_epoch = num_items // _ranks(trainer)[1] // batch_size  # a rank's shard, drop_last
     # `processed`, not `completed`: a checkpoint written in on_train_batch_end counts its batch as processed.
     # A checkpoint at the end of an epoch (processed == per_epoch) resumes at the start of the next one.
     return trainer.fit_loop.epoch_loop.batch_progress.current.processed % max(per_epoch, 1)
+
+
+def _ranks(trainer: Any) -> tuple[int, int]:
+    """(this process' rank, number of ranks); (0, 1) without a trainer."""
+    return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
 
 def seeded_loader(
@@ -41,11 +45,15 @@ def seeded_loader(
     (in order, every item kept) loader of (x, y) batches."""
     if dataset is None:
         raise RuntimeError("call setup() before asking for dataloaders")
-    sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
-    if sampler is not None:
+    rank, world_size = _ranks(trainer)
+    sampler: Sampler[int]
+    if shuffle:
+        sampler = EpochShuffleSampler(len(dataset), seed, rank, world_size)
         done = batches_done_this_epoch(trainer, len(dataset), batch_size)
         if done:
             sampler.skip_first(done * batch_size)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
     return DataLoader(
         dataset,
         batch_size=batch_size,

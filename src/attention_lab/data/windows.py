@@ -166,31 +166,58 @@ def check_corpus_fits(
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
-    """A shuffle fixed by (seed, epoch) that can start part-way through an epoch.
+    """A shuffle fixed by (seed, epoch), one shard of it per rank, that can start part-way through an epoch.
 
     Lightning calls `set_epoch` before each epoch (as for DistributedSampler), and a resumed run calls
-    `skip_first` with the batches already trained on, so a run resumed from a mid-epoch checkpoint sees
-    exactly the batches an uninterrupted run would have seen (a plain seeded RandomSampler restarts the
-    epoch with a different order).
+    `skip_first` with the windows this rank already trained on, so a run resumed from a mid-epoch checkpoint
+    sees exactly the batches an uninterrupted run would (a plain seeded RandomSampler restarts the epoch with a
+    different order). Under DDP (`world_size` ranks) every rank draws the same epoch order, drops its last
+    `num_items % world_size` indices so that all ranks have as many batches, and keeps every `world_size`-th
+    index from `rank` on: the shards are disjoint, no rank holds a list of the others' indices, and the skip of
+    a resume applies to each rank's own shard. With one rank the shard is the whole order.
     """
 
-    def __init__(self, num_items: int, seed: int) -> None:
+    def __init__(self, num_items: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} ranks")
         self.num_items, self.seed, self.epoch, self._skip = num_items, seed, 0, 0
+        self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def skip_first(self, num_indices: int) -> None:
+        """Start the next epoch after this rank's first `num_indices` indices (the windows it trained on)."""
         self._skip = num_indices
 
     def __len__(self) -> int:
-        return self.num_items
+        return self.num_items // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_items, generator=generator)[self._skip :]  # (num_items,) 8 bytes each
+        order = torch.randperm(self.num_items, generator=generator)  # (num_items,) 8 bytes each
+        shard = order[: len(self) * self.world_size][self.rank :: self.world_size][self._skip :]  # a view
         self._skip = 0  # only the first epoch after a resume is partial
-        return _as_ints(order)
+        return _as_ints(shard)
+
+
+class ShardSampler(torch.utils.data.Sampler[int]):
+    """Indices `rank`, `rank + world_size`, ... in order: one rank's part of an evaluation split.
+
+    Over all ranks every item comes exactly once: none is repeated to even the ranks out (as DistributedSampler
+    does), so sums reduced over the ranks (the val loss) count each window once.
+    """
+
+    def __init__(self, num_items: int, rank: int = 0, world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not one of the {world_size} ranks")
+        self.num_items, self.rank, self.world_size = num_items, rank, world_size
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.num_items, self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.num_items, self.world_size))
 
 
 def _as_ints(order: torch.Tensor, block: int = 1 << 16) -> Iterator[int]:

@@ -249,16 +249,18 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
     plugins = _configured_plugins(cfg.trainer)  # e.g. SLURMEnvironment(auto_requeue=...): kept, not replaced
     if checkpoint is not None:
         plugins.append(PreloadedCheckpointIO(cfg.ckpt_path, checkpoint))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins)
+    # our loaders shard themselves per rank (data/loading.py): Lightning must not wrap their samplers again
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins, use_distributed_sampler=False
+    )
 
     flag.deferred = True  # training: a signal now stops at the next step boundary, with a checkpoint
     try:
         with warnings.catch_warnings():
-            if trainer.world_size == 1:
-                # Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes
-                # through EpochShuffleSampler (order fixed by seed and epoch, trained batches skipped), tested for
-                # equal losses. Under DDP that skip is not applied, so the warning stays.
-                warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            # Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes
+            # through EpochShuffleSampler (order fixed by seed and epoch, each rank's trained batches skipped),
+            # tested for equal losses.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except RunInterrupted as stop:
         during = {"stopped_during": stop.during} if stop.during else {}
