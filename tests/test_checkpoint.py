@@ -151,6 +151,23 @@ def test_the_resume_io_reads_other_files_as_plain_tensors_only(tmp_path: Path, m
     assert not marker.exists()
 
 
+def test_the_resume_io_gives_each_load_private_copies_of_shared_tensors(tmp_path: Path) -> None:
+    """Under ddp_spawn the preloaded checkpoint reaches every rank in shared memory; the optimizer adopts the
+    loaded moments as they are, so the ranks updated one `exp_avg` together and their weights drifted apart."""
+    from attention_lab.checkpoint import PreloadedCheckpointIO
+
+    moment, step = torch.zeros(4).share_memory_(), torch.tensor(3.0)  # shared, as a spawned worker receives them
+    checkpoint = {"optimizer_states": [{"state": {0: {"exp_avg": moment, "step": step}}, "betas": (0.9, 0.95)}]}
+    io = PreloadedCheckpointIO(tmp_path / "last.ckpt", checkpoint)
+    first, second = (io.load_checkpoint(tmp_path / "last.ckpt") for _ in range(2))
+    loaded = [c["optimizer_states"][0]["state"][0] for c in (first, second)]
+    assert all(not s["exp_avg"].is_shared() for s in loaded)
+    loaded[0]["exp_avg"].add_(1.0)  # what one rank's optimizer step does
+    assert torch.equal(loaded[1]["exp_avg"], torch.zeros(4)) and torch.equal(moment, torch.zeros(4))
+    assert loaded[0]["step"] is step, "a tensor that is not shared is handed out as it is (no copy)"
+    assert first["optimizer_states"][0]["betas"] == (0.9, 0.95)
+
+
 # --- checkpoints of another model ---------------------------------------------------------------------------
 
 

@@ -66,6 +66,11 @@ class PreloadedCheckpointIO(TorchCheckpointIO):
     Lightning would otherwise read `ckpt_path` a second time, without `weights_only` when the environment
     forces it off. Any other file is read with `weights_only=True` too, but not checked as a run's checkpoint:
     under ddp_spawn Lightning reads back `.temp.ckpt`, the bare state_dict rank 0 hands to the main process.
+
+    Under ddp_spawn this object is pickled to every worker, and torch ships its CPU tensors through shared
+    memory: all ranks would get the same storages. The optimizer adopts the loaded moments without copying,
+    so every rank's fused AdamW then updated one shared `exp_avg` in place, and the ranks' weights drifted
+    apart after the first resumed step. Each load therefore hands out private copies of shared tensors.
     """
 
     def __init__(self, path: str | Path, checkpoint: dict[str, Any]) -> None:
@@ -74,8 +79,21 @@ class PreloadedCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if Path(path).resolve() == self.path:
-            return self.checkpoint
+            return _unshared(self.checkpoint)
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def _unshared(value: Any) -> Any:
+    """`value` with every tensor in shared memory replaced by a private copy (other tensors stay as they are)."""
+    if isinstance(value, Tensor):
+        return value.clone() if value.is_shared() else value
+    if isinstance(value, dict):
+        return type(value)((k, _unshared(v)) for k, v in value.items())
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple takes its fields as arguments
+        return type(value)(*(_unshared(v) for v in value))
+    if isinstance(value, list | tuple):
+        return type(value)(_unshared(v) for v in value)
+    return value
 
 
 def _differences(saved: dict[str, Any], configured: dict[str, Any]) -> list[str]:

@@ -108,15 +108,5 @@ def test_ddp_inside_a_sweep_is_refused_with_the_fix(tmp_path: Path) -> None:
         config.validate(cfg, multirun=True)
 
 
-def test_a_ddp_spawn_resume_on_several_devices_is_refused_with_the_fix(tmp_path: Path) -> None:
-    """Its ranks diverge after the first resumed step (tests/training/test_ddp.py shows trainer=ddp exact)."""
-    spawn = [*tiny(), "trainer=ddp_spawn", "trainer.devices=2"]
-    config.validate(make_cfg(tmp_path, spawn), multirun=True)  # a fresh ddp_spawn job is fine
-    config.validate(make_cfg(tmp_path, [*tiny(), "trainer=ddp", "trainer.devices=2", "ckpt_path=x.ckpt"]))
-    cfg = make_cfg(tmp_path, [*spawn, "ckpt_path=x.ckpt"])
-    with pytest.raises(ConfigError, match=r"ckpt_path=x.ckpt with trainer=ddp_spawn.*trainer=ddp.*devices=1"):
-        config.validate(cfg, multirun=True)
-
-
 def test_flatten_joins_keys_and_drops_private_ones() -> None:
     assert config.flatten({"a": {"b": 1, "_target_": "x"}, "c": 2}) == {"a.b": 1, "c": 2}

@@ -238,13 +238,6 @@ def _check_hardware(cfg: DictConfig, multirun: bool) -> None:
             "command line, so each rank would start the whole sweep again. Use trainer=ddp_spawn for sweeps, "
             "or run the ddp job on its own without -m."
         )
-    if strategy == "ddp_spawn" and t.devices not in (1, "1") and cfg.get("ckpt_path") is not None:
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path} with trainer=ddp_spawn on several devices: a resume under ddp_spawn "
-            "leaves the ranks with different weights after its first step (found by a test; the cause is not "
-            "known yet), so it is refused. Resume with trainer=ddp (exact, tested) outside a sweep, or with "
-            "trainer.devices=1."
-        )
 
 
 def _parameters(cls: type) -> set[str]:
