@@ -256,11 +256,7 @@ def _train(cfg: DictConfig, multirun: bool, flag: SignalFlag) -> dict[str, Any]:
 
     flag.deferred = True  # training: a signal now stops at the next step boundary, with a checkpoint
     try:
-        with warnings.catch_warnings():
-            # Lightning warns on any mid-epoch resume unless the DataLoader itself is stateful; ours resumes
-            # through EpochShuffleSampler (order fixed by seed and epoch, each rank's trained batches skipped),
-            # tested for equal losses.
-            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        with warnings.catch_warnings():  # filters set during fit (GPTLitModule.on_fit_start) end with it
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     except RunInterrupted as stop:
         during = {"stopped_during": stop.during} if stop.during else {}
