@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from attention_lab.data import EpochShuffleSampler, ShardSampler
+from attention_lab.data import DataConfigError, EpochShuffleSampler, ShardSampler
 from attention_lab.data.loading import batches_done_this_epoch, seeded_loader
 
 
@@ -100,3 +100,13 @@ def test_the_loaders_of_two_ranks_split_train_and_val_between_them() -> None:
     assert sorted(val[0] + val[1]) == list(range(18))
     resumed = _seen(seeded_loader(_Items(), 2, 5, True, 0, _trainer(1, 2, processed=3, ckpt_path="x.ckpt")))
     assert resumed == train[1][6:], "rank 1 resumes after its own 3 batches"
+
+
+def test_a_rank_left_without_a_batch_or_a_val_window_is_a_setting_error() -> None:
+    """A rank with no train batch or no val window would skip the collectives the other ranks wait in."""
+    seeded_loader(_Items(), 9, 5, True, 0, _trainer(1, 2))  # 18 windows: 9 per rank, one batch of 9 each
+    with pytest.raises(DataConfigError, match=r"18 windows.*3 devices.*6 per device.*data.batch_size=9"):
+        seeded_loader(_Items(), 9, 5, True, 0, _trainer(0, 3))
+    seeded_loader(_Items(), 2, 5, False, 0, _trainer(17, 18))  # one val window per rank
+    with pytest.raises(DataConfigError, match=r"val split has 18 windows, fewer than the 19 devices"):
+        seeded_loader(_Items(), 2, 5, False, 0, _trainer(0, 19))

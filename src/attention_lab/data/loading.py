@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .tokenizers import DataConfigError
 from .windows import EpochShuffleSampler, ShardSampler, collate_windows
 
 
@@ -33,6 +34,25 @@ def _ranks(trainer: Any) -> tuple[int, int]:
     return (0, 1) if trainer is None else (trainer.global_rank, trainer.world_size)
 
 
+def _check_shards(num_items: int, batch_size: int, world_size: int, shuffle: bool) -> None:
+    """Every rank needs a batch to train on and a window to validate: a rank without one would skip the
+    step or the validation the others wait for in their collectives."""
+    if world_size == 1:
+        return
+    if shuffle and num_items // world_size < batch_size:
+        raise DataConfigError(
+            f"the train split has {num_items} windows: split over {world_size} devices that is "
+            f"{num_items // world_size} per device, less than data.batch_size={batch_size}; lower data.batch_size "
+            "or trainer.devices, or use more text"
+        )
+    if not shuffle and num_items < world_size:
+        raise DataConfigError(
+            f"the val split has {num_items} windows, fewer than the {world_size} devices that each validate a "
+            "share of them: lower trainer.devices, or give the val split more windows (more text, or a larger "
+            "data.val_fraction for a text corpus)"
+        )
+
+
 def seeded_loader(
     dataset: Dataset | None,
     batch_size: int,
@@ -46,6 +66,7 @@ def seeded_loader(
     if dataset is None:
         raise RuntimeError("call setup() before asking for dataloaders")
     rank, world_size = _ranks(trainer)
+    _check_shards(len(dataset), batch_size, world_size, shuffle)
     sampler: Sampler[int]
     if shuffle:
         sampler = EpochShuffleSampler(len(dataset), seed, rank, world_size)
