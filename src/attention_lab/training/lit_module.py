@@ -65,6 +65,9 @@ class GPTLitModule(L.LightningModule):
         # equal losses on one device and under ddp and ddp_spawn. Set here, in the process that trains (a
         # ddp_spawn worker too); the caller's catch_warnings scopes it to the fit.
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        # Under DDP Lightning asks for sync_dist=True on epoch-level logs; ours are already reduced over the ranks
+        # (on_validation_epoch_end), so that advice would only average identical values again.
+        warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\('(val|hp)/")
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(batch)
