@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning_utilities.core.apply_func import apply_to_collection
 from torch import Tensor
 
 from .data import Tokenizer, tokenizer_from_state
@@ -83,17 +84,9 @@ class PreloadedCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-def _unshared(value: Any) -> Any:
-    """`value` with every tensor in shared memory replaced by a private copy (other tensors stay as they are)."""
-    if isinstance(value, Tensor):
-        return value.clone() if value.is_shared() else value
-    if isinstance(value, dict):
-        return type(value)((k, _unshared(v)) for k, v in value.items())
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple takes its fields as arguments
-        return type(value)(*(_unshared(v) for v in value))
-    if isinstance(value, list | tuple):
-        return type(value)(_unshared(v) for v in value)
-    return value
+def _unshared(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint with every tensor in shared memory replaced by a private copy (others stay as they are)."""
+    return apply_to_collection(checkpoint, Tensor, lambda t: t.clone() if t.is_shared() else t)
 
 
 def _differences(saved: dict[str, Any], configured: dict[str, Any]) -> list[str]:

@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..errors import USAGE_EXIT
 from . import parallel
 
-_AWKWARD = re.compile(r"""['"\\$\s]""")  # characters a folder name must not hold (see run_suffix)
+_AWKWARD = re.compile(r"""[/'"\\$\s]""")  # characters a folder name must not hold (see run_suffix)
 MAX_SUFFIX = 120  # folder names are capped at 255 bytes; the full overrides are in .hydra/overrides.yaml
 MAX_TRIES = 1000
 _reserved: list[Path] = []  # folders unique_dir created in this process
@@ -50,13 +50,13 @@ _reserved: list[Path] = []  # folders unique_dir created in this process
 def run_suffix(overrides: str) -> str:
     """ "_attention=gqa,..." after the timestamp in run folder names; shortened (with a hash) when too long.
 
-    Quotes, backslashes, `$` and whitespace become `_`: a folder name holding them could not be passed back as
+    Slashes, quotes, backslashes, `$` and whitespace become `_`: a folder name holding them could not be passed back as
     `ckpt_path='<folder>/...'` (the quoting of the resume command we print) without breaking Hydra's grammar or
     starting an interpolation, and would need quoting in a shell.
     """
     if not overrides:
         return ""
-    overrides = _AWKWARD.sub("_", overrides.replace("/", "_"))
+    overrides = _AWKWARD.sub("_", overrides)
     if len(overrides) > MAX_SUFFIX:
         digest = hashlib.sha1(overrides.encode()).hexdigest()[:8]
         overrides = f"{overrides[: MAX_SUFFIX - 9]}-{digest}"
